@@ -1,0 +1,142 @@
+"""``vlgraft`` command line: train, eval, chat, info.
+
+Every user error is one line on stderr (exit code 2), naming the file, record or key at fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _common_device(args):
+    import torch
+
+    return torch.device(args.device) if getattr(args, "device", None) else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cmd_train(args) -> None:
+    from vlgraft.config import load_recipe, recipe_help
+    from vlgraft.train.loop import train
+
+    if args.help_recipe:
+        print("\n".join(recipe_help()))
+        return
+    if not args.recipe:
+        raise SystemExit("vlgraft train: a RECIPE file is required (see --help-recipe for its keys)")
+    recipe = load_recipe(args.recipe, args.override)
+    train(recipe, resume=args.resume, overwrite=args.overwrite, source=args.recipe)
+
+
+def cmd_eval(args) -> None:
+    from vlgraft.eval.vqa import evaluate
+    from vlgraft.train.checkpoint import load_vlm
+
+    vlm, recipe, ckpt = load_vlm(args.run, _common_device(args))
+    out = Path(args.out) if args.out else ckpt.parent / "eval.json" if ckpt.name == "final" else ckpt / "eval.json"
+    res = evaluate(vlm, args.data or recipe.data.eval, turns=recipe.data.turns, batch_size=args.batch_size or recipe.eval.batch_size,
+                   max_new_tokens=recipe.eval.max_new_tokens, limit=args.limit or recipe.eval.limit,
+                   precision=args.precision or recipe.train.precision, image_root=recipe.data.image_root,
+                   out_path=out)
+    print(f"accuracy {100 * res['accuracy']:.2f}% on {res['n']} questions ({res['questions_per_s']:.1f} questions/s)")
+
+
+def cmd_chat(args) -> None:
+    from vlgraft.serve.chat import ChatSession, interactive
+    from vlgraft.train.checkpoint import load_vlm
+
+    vlm, recipe, _ = load_vlm(args.ckpt, _common_device(args))
+    session = ChatSession(vlm, args.image, precision=args.precision or recipe.train.precision,
+                          max_new_tokens=args.max_new_tokens)
+    if args.question:
+        session.ask(" ".join(args.question))
+    else:
+        interactive(session)
+
+
+def cmd_info(args) -> None:
+    from rich.console import Console
+
+    from vlgraft.config import dump_recipe, load_recipe
+    from vlgraft.models.vlm import VLM
+    from vlgraft.train.loop import print_split
+    from vlgraft.train.optim import resolve_groups
+
+    recipe = load_recipe(args.recipe, args.override)
+    vlm = VLM.from_recipe(recipe, args.recipe)
+    resolved = resolve_groups(vlm, recipe.trainable)
+    console = Console()
+    console.print(dump_recipe(recipe))
+    print_split(vlm, console)
+    for g, members in resolved:
+        console.print(f"group {g.name}: {sum(p.numel() for _, p in members):,} parameters in {len(members)} tensors, lr {g.lr}")
+    console.print(f"visual tokens per image: {vlm.num_image_tokens}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vlgraft", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train a recipe")
+    t.add_argument("recipe", nargs="?", help="recipe YAML")
+    t.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key, e.g. -o train.max_steps=20 (repeatable)")
+    t.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run in train.output_dir")
+    t.add_argument("--help-recipe", action="store_true", help="list every recipe key with its type and help")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint by free generation")
+    e.add_argument("run", nargs="?", default="runs/default", help="run folder or checkpoint folder")
+    e.add_argument("--data", help="eval data (default: the recipe's data.eval)")
+    e.add_argument("--limit", type=int, help="only the first N questions")
+    e.add_argument("--batch-size", type=int)
+    e.add_argument("--precision", choices=["fp32", "bf16"])
+    e.add_argument("--device")
+    e.add_argument("--out", help="result JSON (default: RUN/eval.json)")
+    e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("chat", help="ask about an image; interactive when no question is given")
+    c.add_argument("question", nargs="*")
+    c.add_argument("--image", help="image file")
+    c.add_argument("--ckpt", default="runs/default", help="run folder or checkpoint folder")
+    c.add_argument("--max-new-tokens", type=int, default=128)
+    c.add_argument("--precision", choices=["fp32", "bf16"])
+    c.add_argument("--device")
+    c.set_defaults(func=cmd_chat)
+
+    i = sub.add_parser("info", help="print a recipe's resolved config and trainable parameters")
+    i.add_argument("recipe")
+    i.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    from vlgraft.errors import VlgraftError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        args.func(args)
+    except VlgraftError as e:
+        print(f"vlgraft: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("vlgraft: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

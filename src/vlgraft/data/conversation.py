@@ -1,0 +1,139 @@
+"""Conversations -> token ids and labels, with the LLM's own chat template.
+
+The template is rendered turn by turn: text up to each assistant reply (with the generation prompt)
+is context, the reply and its turn-end token are labelled. Every ``<image>`` expands to
+``num_image_tokens`` copies of ``IMAGE_TOKEN_ID``. Prompts at inference use the same function, so
+training and generation see byte-identical context.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from vlgraft.data.records import IMAGE_PLACEHOLDER, Record
+from vlgraft.errors import DataError, VlgraftError
+from vlgraft.models.llm import LanguageModel
+from vlgraft.models.vlm import IMAGE_TOKEN_ID
+
+log = logging.getLogger(__name__)
+IGNORE = -100
+
+
+def _encode(text: str, llm: LanguageModel, n_img: int) -> list[int]:
+    ids: list[int] = []
+    parts = text.split(IMAGE_PLACEHOLDER)
+    for k, part in enumerate(parts):
+        if k:
+            ids += [IMAGE_TOKEN_ID] * n_img
+        if part:
+            ids += llm.tokenizer(part, add_special_tokens=False).input_ids
+    return ids
+
+
+def _segments(turns: list[tuple[str, str]], llm: LanguageModel, add_generation_prompt: bool, where: str):
+    """Yield (text, is_labelled) pieces whose concatenation is the rendered conversation."""
+    msgs = llm.messages(turns)
+    pos, prev = 0, ""
+    for i, m in enumerate(msgs):
+        if m["role"] != "assistant":
+            continue
+        prefix = llm.render(msgs[:i], add_generation_prompt=True)
+        full = llm.render(msgs[: i + 1])
+        if not prefix.startswith(prev) or not full.startswith(prefix):
+            raise VlgraftError(f"{where}: the chat template of this LLM does not render turns incrementally; "
+                               "labels cannot be placed on the assistant replies")
+        yield prefix[pos:], False
+        yield full[len(prefix):], True
+        pos, prev = len(full), full
+    rest = llm.render(msgs, add_generation_prompt=add_generation_prompt)
+    if rest[pos:]:
+        yield rest[pos:], False
+
+
+def tokenize_conversation(rec: Record, llm: LanguageModel, n_img: int, max_length: int) -> dict:
+    """Training example: ``input_ids`` and ``labels`` (IGNORE except on assistant replies)."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for text, labelled in _segments(rec.turns, llm, False, rec.where):
+        piece = _encode(text, llm, n_img)
+        ids += piece
+        labels += piece if labelled else [IGNORE] * len(piece)
+    if len(ids) > max_length:
+        if IMAGE_TOKEN_ID in ids[max_length:]:
+            raise DataError(f"{rec.where}: {len(ids)} tokens exceed data.max_length={max_length} and truncation "
+                            "would cut visual tokens; raise max_length or shorten the record")
+        log.warning("%s: truncated from %d to %d tokens (data.max_length)", rec.where, len(ids), max_length)
+        ids, labels = ids[:max_length], labels[:max_length]
+    if all(lab == IGNORE for lab in labels[1:]):
+        raise DataError(f"{rec.where}: no assistant token left to learn from after tokenisation/truncation")
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
+
+
+def tokenize_prompt(turns: list[tuple[str, str]], llm: LanguageModel, n_img: int, where: str = "prompt") -> torch.Tensor:
+    """Inference prompt: the conversation so far plus the generation prompt."""
+    ids: list[int] = []
+    for text, _ in _segments(turns, llm, True, where):
+        ids += _encode(text, llm, n_img)
+    return torch.tensor(ids)
+
+
+def _single_turns(rec: Record) -> list[list[tuple[str, str]]]:
+    """Each (question, answer) pair of ``rec`` as its own single-turn conversation, the image (if any)
+    placed where the record's first question had it."""
+    system = [(r, t) for r, t in rec.turns if r == "system"]
+    body = [(r, t) for r, t in rec.turns if r != "system"]
+    lead = ""
+    if rec.image is not None:
+        first = body[0][1]
+        k = first.index(IMAGE_PLACEHOLDER) + len(IMAGE_PLACEHOLDER)
+        if first[k: k + 1] == "\n":
+            k += 1
+        lead, body[0] = first[:k], ("user", first[k:])
+    return [system + [("user", lead + body[i][1]), ("assistant", body[i + 1][1])] for i in range(0, len(body), 2)]
+
+
+def tokenize_independent(rec: Record, llm: LanguageModel, n_img: int, max_length: int) -> dict:
+    """Pack a record's question/answer pairs as *independent* single-turn questions sharing one prefix.
+
+    Every pair is tokenised exactly as a single-turn prompt + answer; their longest common token
+    prefix (system prompt, image tokens, ...) is kept once, and each pair's remaining tokens follow as
+    a segment. ``segment_ids`` (0 = shared prefix, k = pair k) lets the model attend from a segment
+    only to the prefix and to itself, and ``position_ids`` restart after the prefix for every
+    segment, so each answer is trained in exactly the context a single-turn question gives at
+    inference — while the image is encoded and attended once per sequence, and no answer can be
+    read off an earlier pair's text.
+    """
+    singles = [tokenize_conversation(Record(rec.id, rec.image, t, source=rec.where), llm, n_img, 10**9)
+               for t in _single_turns(rec)]
+    ids0 = singles[0]["input_ids"]
+    p = min(len(s["input_ids"]) for s in singles)
+    for s in singles[1:]:
+        diff = (s["input_ids"][:p] != ids0[:p]).nonzero()
+        p = int(diff[0]) if len(diff) else p
+    # a segment must start with context, never with a labelled token (its label would be predicted
+    # from the previous segment's last position)
+    while p > 0 and any(s["labels"][p] != IGNORE for s in singles if len(s["labels"]) > p):
+        p -= 1
+    if rec.image is not None and IMAGE_TOKEN_ID in ids0[p:].tolist():
+        raise DataError(f"{rec.where}: questions do not share the image prefix; use data.turns=conversation")
+    ids, labels, pos, seg = [ids0[:p]], [singles[0]["labels"][:p]], [torch.arange(p)], [torch.zeros(p, dtype=torch.long)]
+    total, kept = p, 0
+    if p > max_length:
+        raise DataError(f"{rec.where}: the shared prefix ({p} tokens) exceeds data.max_length={max_length}")
+    for k, s in enumerate(singles, 1):
+        n = len(s["input_ids"]) - p
+        if total + n > max_length:
+            log.warning("%s: %d of %d questions dropped to fit data.max_length=%d", rec.where,
+                        len(singles) - kept, len(singles), max_length)
+            break
+        ids.append(s["input_ids"][p:])
+        labels.append(s["labels"][p:])
+        pos.append(torch.arange(p, p + n))
+        seg.append(torch.full((n,), k))
+        total, kept = total + n, kept + 1
+    if kept == 0:
+        raise DataError(f"{rec.where}: no question fits data.max_length={max_length}")
+    return {"input_ids": torch.cat(ids), "labels": torch.cat(labels), "position_ids": torch.cat(pos),
+            "segment_ids": torch.cat(seg)}

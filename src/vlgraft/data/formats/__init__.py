@@ -1,0 +1,1 @@
+from vlgraft.data.formats import easyvqa  # noqa: F401

@@ -1,0 +1,122 @@
+"""The canonical record: LLaVA's conversation format, validated.
+
+A record is ``{"id", "image"?, "conversations": [{"from": "human"|"gpt"|"system", "value": str}, ...]}``.
+An image-text record has exactly one ``<image>`` placeholder in its turns; a text-only record has
+none. Every check names the file and the record.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vlgraft.errors import DataError
+
+IMAGE_PLACEHOLDER = "<image>"
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+@dataclass
+class Record:
+    id: str
+    image: str | None  # resolved path, or None for text-only
+    turns: list[tuple[str, str]]  # (role in user|assistant|system, text)
+    meta: dict = field(default_factory=dict)
+    source: str = ""  # "file:record" for error messages
+
+    @property
+    def where(self) -> str:
+        return self.source or self.id
+
+
+def parse_record(raw: dict, index: int, source: str, image_root: Path | None) -> Record:
+    rid = str(raw.get("id", index)) if isinstance(raw, dict) else str(index)
+    where = f"{source}: record {rid!r} (#{index})"
+    if not isinstance(raw, dict):
+        raise DataError(f"{where}: a record must be an object")
+    convs = raw.get("conversations")
+    if not isinstance(convs, list) or not convs:
+        raise DataError(f"{where}: 'conversations' must be a non-empty list")
+    turns = []
+    for j, t in enumerate(convs):
+        if not isinstance(t, dict) or "from" not in t or "value" not in t:
+            raise DataError(f"{where}: turn {j} must have 'from' and 'value'")
+        role = _ROLES.get(t["from"])
+        if role is None:
+            raise DataError(f"{where}: turn {j} has unknown speaker {t['from']!r} (use human/gpt/system)")
+        if not isinstance(t["value"], str):
+            raise DataError(f"{where}: turn {j} 'value' must be a string")
+        turns.append((role, t["value"]))
+    body = [r for r, _ in turns if r != "system"]
+    if body[0] != "user" or any(a == b for a, b in zip(body, body[1:])):
+        raise DataError(f"{where}: turns must alternate human/gpt, starting with human")
+    if "assistant" not in body:
+        raise DataError(f"{where}: no gpt turn, nothing to learn or evaluate")
+    n_ph = sum(text.count(IMAGE_PLACEHOLDER) for _, text in turns)
+    image = raw.get("image")
+    if image is None:
+        if n_ph:
+            raise DataError(f"{where}: has an {IMAGE_PLACEHOLDER} placeholder but no 'image'")
+    else:
+        if not isinstance(image, str):
+            raise DataError(f"{where}: 'image' must be one path (string)")
+        if n_ph != 1:
+            raise DataError(f"{where}: has an 'image' but {n_ph} {IMAGE_PLACEHOLDER} placeholders (need exactly 1)")
+        if any(IMAGE_PLACEHOLDER in text for r, text in turns if r != "user"):
+            raise DataError(f"{where}: the {IMAGE_PLACEHOLDER} placeholder must be in a human turn")
+        p = Path(image)
+        if not p.is_absolute() and image_root is not None:
+            p = image_root / p
+        if not p.is_file():
+            raise DataError(f"{where}: image file not found: {p}")
+        image = str(p)
+    meta = {k: v for k, v in raw.items() if k not in ("id", "image", "conversations")}
+    return Record(id=rid, image=image, turns=turns, meta=meta, source=where)
+
+
+def load_llava_json(path: str | Path, image_root: str | Path | None = None, limit: int | None = None) -> list[Record]:
+    """Read a LLaVA JSON list or JSONL file into validated records."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data file not found: {p}")
+    root = Path(image_root) if image_root else p.parent
+    raws: list = []
+    if p.suffix == ".jsonl":
+        with p.open() as f:
+            for ln, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    raws.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{p}: line {ln} is not valid JSON: {e.msg}") from None
+                if limit and len(raws) >= limit:
+                    break
+    else:
+        try:
+            raws = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(f"{p}: not valid JSON: {e.msg} at line {e.lineno}") from None
+        if not isinstance(raws, list):
+            raise DataError(f"{p}: expected a JSON list of records")
+        raws = raws[:limit] if limit else raws
+    records = [parse_record(r, i, str(p), root) for i, r in enumerate(raws)]
+    seen: set[str] = set()
+    for r in records:
+        if r.id in seen:
+            raise DataError(f"{r.where}: duplicate id {r.id!r}")
+        seen.add(r.id)
+    return records
+
+
+def load_records(spec: str, image_root: str | None = None, limit: int | None = None) -> list[Record]:
+    """``spec`` is a registered dataset ``name:split`` or a path to a LLaVA .json/.jsonl file."""
+    from vlgraft.registry import DATASET
+    import vlgraft.data.formats  # noqa: F401  (registration)
+
+    if spec.endswith((".json", ".jsonl")) or Path(spec).exists():
+        return load_llava_json(spec, image_root, limit)
+    name, _, split = spec.partition(":")
+    records = DATASET.get(name)(split or "train")
+    return records[:limit] if limit else records

@@ -1,0 +1,162 @@
+"""Visual question answering by free generation: exact match after normalisation, by answer type."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import string
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
+
+from vlgraft.data.cache import FeatureCache
+from vlgraft.data.conversation import _single_turns, tokenize_prompt
+from vlgraft.data.dataset import collate
+from vlgraft.data.images import load_image
+from vlgraft.data.records import load_records
+from vlgraft.eval.packed import generate_packed, packed_prompt
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def normalize(text: str) -> str:
+    """Lower-case, drop punctuation and articles, collapse spaces (VQA-style answer normalisation)."""
+    text = _ARTICLES.sub(" ", text.lower().translate(_PUNCT))
+    return " ".join(text.split())
+
+
+def eval_items(records, turns: str = "conversation") -> list[dict]:
+    """One item per assistant turn. ``conversation``: the conversation before it is the prompt (gold
+    history). ``independent``: the question alone, with the record's image, as a single-turn prompt."""
+    items = []
+    for rec in records:
+        types = rec.meta.get("answer_types")
+        if turns == "independent":
+            for k, conv in enumerate(_single_turns(rec)):
+                items.append({"id": f"{rec.id}#{k}", "record": rec, "turns": conv[:-1], "answer": conv[-1][1],
+                              "type": types[k] if types else rec.meta.get("answer_type", "all")})
+            continue
+        k = 0
+        for i, (role, text) in enumerate(rec.turns):
+            if role == "assistant":
+                items.append({"id": f"{rec.id}#{k}", "record": rec, "turns": rec.turns[:i], "answer": text,
+                              "type": types[k] if types else rec.meta.get("answer_type", "all")})
+                k += 1
+    return items
+
+
+def _image_input(rec, cache, vision) -> dict:
+    if rec.image is None:
+        return {}
+    if cache is not None:
+        return {"image_features": cache.load(rec.image)}
+    return {"pixel_values": vision.preprocess([load_image(rec.image, rec.where)])[0]}
+
+
+def _predict_single(vlm, items, cache, batch_size, max_new_tokens, precision, device) -> list[str]:
+    """Batched single-prompt greedy generation (left-padded, HF generate with the KV cache)."""
+    tok = vlm.llm.tokenizer
+    prompts = [tokenize_prompt(it["turns"], vlm.llm, vlm.num_image_tokens, it["record"].where) for it in items]
+    order = sorted(range(len(items)), key=lambda i: len(prompts[i]))  # little padding per batch
+    preds = [""] * len(items)
+    for s in tqdm(range(0, len(order), batch_size), desc="eval", unit="batch"):
+        idx = order[s: s + batch_size]
+        batch = [{"input_ids": prompts[i], **_image_input(items[i]["record"], cache, vlm.vision)} for i in idx]
+        inp = {k: v.to(device) if v is not None else None for k, v in collate(batch, tok.pad_token_id, left=True).items()}
+        with autocast(device, precision):
+            new = vlm.generate(**inp, max_new_tokens=max_new_tokens)
+        for i, seq in zip(idx, new):
+            preds[i] = tok.decode(seq, skip_special_tokens=True).strip()
+    return preds
+
+
+def _predict_packed(vlm, items, cache, batch_size, max_new_tokens, precision, device) -> list[str]:
+    """Independent questions about one image decoded together behind one shared prefix."""
+    tok = vlm.llm.tokenizer
+    groups: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        groups.setdefault(it["record"].id, []).append(i)
+    packs = []
+    for idx in groups.values():
+        rec = items[idx[0]]["record"]
+        p = packed_prompt([items[i]["turns"] for i in idx], vlm.llm, vlm.num_image_tokens, rec.where)
+        packs.append((idx, {**p, **_image_input(rec, cache, vlm.vision)}))
+    packs.sort(key=lambda x: len(x[1]["input_ids"]))
+    preds = [""] * len(items)
+    chunks, cur, n = [], [], 0
+    for pk in packs:  # about batch_size questions per forward
+        cur.append(pk)
+        n += len(pk[0])
+        if n >= batch_size:
+            chunks.append(cur)
+            cur, n = [], 0
+    chunks += [cur] if cur else []
+    for chunk in tqdm(chunks, desc="eval", unit="batch"):
+        batch = collate([p for _, p in chunk], tok.pad_token_id)
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with autocast(device, precision):
+            toks = generate_packed(vlm, batch, [len(idx) for idx, _ in chunk], max_new_tokens)
+        for (idx, _), per_q in zip(chunk, toks):
+            for i, t in zip(idx, per_q):
+                preds[i] = tok.decode(t, skip_special_tokens=True).strip()
+    return preds
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(vlm, data_spec: str, turns: str = "conversation", batch_size: int = 64, max_new_tokens: int = 8, limit: int | None = None,
+             precision: str = "bf16", image_root: str | None = None, use_cache: bool = True,
+             out_path: Path | None = None, console: Console | None = None) -> dict:
+    console = console or Console(stderr=True)
+    device = next(vlm.parameters()).device
+    items = eval_items(load_records(data_spec, image_root), turns)[:limit]
+    cache = FeatureCache(vlm.vision, precision) if use_cache else None
+    if cache is not None:
+        cache.fill([(it["record"].image, it["record"].where) for it in items if it["record"].image], device)
+    t0 = time.time()
+    predict = _predict_packed if turns == "independent" else _predict_single
+    preds = predict(vlm, items, cache, batch_size, max_new_tokens, precision, device)
+    elapsed = time.time() - t0
+    by_type: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    rows = []
+    for it, pred in zip(items, preds):
+        ok = normalize(pred) == normalize(it["answer"])
+        for key in {it["type"], "all"}:
+            by_type[key][0] += ok
+            by_type[key][1] += 1
+        rows.append({"id": it["id"], "answer": it["answer"], "prediction": pred, "correct": ok, "type": it["type"]})
+    result = {
+        "data": data_spec, "n": len(items), "accuracy": by_type["all"][0] / max(1, by_type["all"][1]),
+        "by_type": {k: {"n": n, "correct": c, "accuracy": c / n} for k, (c, n) in sorted(by_type.items())},
+        "seconds": elapsed, "questions_per_s": len(items) / max(elapsed, 1e-9), "precision": precision,
+        "turns": turns,
+    }
+    table = Table(title=f"exact match on {data_spec}")
+    for col in ("answer type", "questions", "correct", "accuracy"):
+        table.add_column(col, justify="left" if col == "answer type" else "right")
+    for k, v in result["by_type"].items():
+        table.add_row(k, str(v["n"]), str(v["correct"]), f"{100 * v['accuracy']:.2f}%")
+    console.print(table)
+    if out_path is not None:
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        for path, text in ((out_path, json.dumps(result, indent=1)),
+                           (out_path.with_suffix(".predictions.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))):
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        console.print(f"wrote {out_path}")
+    return result

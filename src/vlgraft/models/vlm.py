@@ -1,0 +1,125 @@
+"""The grafted model: encode -> connect -> splice at ``<image>`` -> LLM."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlgraft.config import Recipe
+from vlgraft.connectors import build_connector
+from vlgraft.errors import VlgraftError
+from vlgraft.methods import apply_methods
+from vlgraft.models.llm import LanguageModel, build_llm
+from vlgraft.models.vision import VisionEncoder, build_vision
+
+# Token id marking one visual position in ``input_ids``; each image expands to ``num_image_tokens``
+# of them at tokenisation time, so sequence lengths (and truncation) are exact before the forward.
+IMAGE_TOKEN_ID = -200
+
+
+class VLM(nn.Module):
+    def __init__(self, vision: VisionEncoder, connector: nn.Module, llm: LanguageModel, recipe: Recipe):
+        super().__init__()
+        self.vision = vision
+        self.connector = connector
+        self.llm = llm
+        self.recipe = recipe
+        self.num_image_tokens = connector.output_tokens(vision.num_tokens)
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, source: str = "recipe") -> "VLM":
+        vision = build_vision(recipe.vision)
+        llm = build_llm(recipe.llm)
+        connector = build_connector(recipe.connector, vision.embed_dim, llm.hidden_size)
+        vlm = cls(vision, connector, llm, recipe)
+        apply_methods(vlm, recipe.methods, source)
+        return vlm
+
+    # ------------------------------------------------------------------ vision side
+    def vision_trainable(self) -> bool:
+        return any(p.requires_grad for p in self.vision.parameters())
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, S, S] -> [B, N, Dv]``; no graph is kept when the encoder is frozen."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.vision_trainable()):
+            return self.vision(pixel_values)
+
+    def visual_embeds(self, pixel_values=None, image_features=None) -> torch.Tensor | None:
+        """Visual tokens in the LLM's embedding space ``[B_img, M, Dl]`` (None for a text-only batch)."""
+        if image_features is None and pixel_values is not None:
+            image_features = self.encode_images(pixel_values)
+        if image_features is None:
+            return None
+        return self.connector(image_features)
+
+    def embed_inputs(self, input_ids: torch.Tensor, visual: torch.Tensor | None) -> torch.Tensor:
+        """Text embeddings with the visual tokens written at the ``IMAGE_TOKEN_ID`` positions, in order."""
+        is_img = input_ids == IMAGE_TOKEN_ID
+        embeds = self.llm.embed(input_ids.masked_fill(is_img, 0))  # [B, T, Dl]
+        n_slots = int(is_img.sum())
+        n_vis = 0 if visual is None else visual.shape[0] * visual.shape[1]
+        if n_slots != n_vis:
+            raise VlgraftError(f"batch has {n_slots} image-token positions but {n_vis} visual tokens "
+                               f"({0 if visual is None else visual.shape[0]} images x {self.num_image_tokens})")
+        if n_vis:
+            embeds = embeds.masked_scatter(is_img.unsqueeze(-1), visual.to(embeds.dtype).reshape(-1, embeds.shape[-1]))
+        return embeds
+
+    # ------------------------------------------------------------------ language side
+    def _lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.llm.model.get_output_embeddings()(hidden)
+        cap = getattr(self.llm.model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def segment_mask(self, segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """4-D attention mask for packed independent turns: causal, and a token sees the shared prefix
+        (segment 0) and its own segment only. Padding (-1) attends to itself so no row is empty."""
+        t = segment_ids.shape[1]
+        q, k = segment_ids[:, :, None], segment_ids[:, None, :]
+        causal = torch.ones(t, t, dtype=torch.bool, device=segment_ids.device).tril()
+        allowed = causal & ((k == 0) | (k == q)) & (k >= 0)
+        allowed |= torch.eye(t, dtype=torch.bool, device=segment_ids.device)
+        allowed = allowed[:, None]  # [B, 1, T, T]
+        if self.llm.model.config._attn_implementation == "sdpa":
+            return allowed
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+    def forward(self, input_ids, attention_mask, labels=None, pixel_values=None, image_features=None,
+                position_ids=None, segment_ids=None):
+        """``position_ids``/``segment_ids`` come with packed independent turns (see ``segment_mask``).
+        With ``labels``: ``{"loss_sum", "n_tokens"}`` — cross-entropy summed over labelled positions,
+        computed only there (the LM head over the vocabulary is a large share of the FLOPs and most
+        positions carry no label). Without: ``{"logits"}`` for every position."""
+        visual = self.visual_embeds(pixel_values, image_features)
+        embeds = self.embed_inputs(input_ids, visual)
+        if segment_ids is not None:
+            attention_mask = self.segment_mask(segment_ids, embeds.dtype)
+        out = self.llm.model.base_model(inputs_embeds=embeds, attention_mask=attention_mask,
+                                        position_ids=position_ids, use_cache=False)
+        hidden = out.last_hidden_state  # [B, T, Dl]
+        if labels is None:
+            return {"logits": self._lm_head(hidden)}
+        target = labels[:, 1:]
+        sel = target != -100
+        logits = self._lm_head(hidden[:, :-1][sel])  # [n_labelled, V]
+        loss_sum = F.cross_entropy(logits.float(), target[sel], reduction="sum")
+        return {"loss_sum": loss_sum, "n_tokens": int(sel.sum())}
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask, pixel_values=None, image_features=None,
+                 max_new_tokens: int = 32, streamer=None, **kw) -> torch.Tensor:
+        """Greedy (by default) generation with the KV cache; ``input_ids`` left-padded. Returns new tokens."""
+        visual = self.visual_embeds(pixel_values, image_features)
+        embeds = self.embed_inputs(input_ids, visual)
+        tok = self.llm.tokenizer
+        return self.llm.model.generate(
+            inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+            do_sample=kw.pop("do_sample", False), eos_token_id=self.llm.stop_token_ids,
+            pad_token_id=tok.pad_token_id, streamer=streamer, **kw)
+
+    # ------------------------------------------------------------------ parameters
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}

@@ -1,0 +1,67 @@
+"""Chat with a trained model about an image: one question, or an interactive multi-turn session.
+
+Tokens stream as they are generated; each turn's generation uses the KV cache. The image is encoded
+once per session and its visual tokens are reused on every turn.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from transformers import TextStreamer
+
+from vlgraft.data.conversation import tokenize_prompt
+from vlgraft.data.images import load_image
+from vlgraft.data.records import IMAGE_PLACEHOLDER
+from vlgraft.eval.vqa import autocast
+
+
+class ChatSession:
+    def __init__(self, vlm, image: str | None = None, precision: str = "bf16", max_new_tokens: int = 128):
+        self.vlm = vlm
+        self.device = next(vlm.parameters()).device
+        self.precision = precision
+        self.max_new_tokens = max_new_tokens
+        self.turns: list[tuple[str, str]] = []
+        self.features = None
+        if image is not None:
+            pixels = vlm.vision.preprocess([load_image(image, "--image")]).to(self.device)
+            with torch.no_grad(), autocast(self.device, precision):
+                self.features = vlm.encode_images(pixels)
+
+    def ask(self, question: str, stream=sys.stdout) -> str:
+        first = not self.turns and self.features is not None
+        self.turns.append(("user", f"{IMAGE_PLACEHOLDER}\n{question}" if first else question))
+        ids = tokenize_prompt(self.turns, self.vlm.llm, self.vlm.num_image_tokens).unsqueeze(0).to(self.device)
+        tok = self.vlm.llm.tokenizer
+        streamer = _Streamer(tok, stream) if stream is not None else None
+        with autocast(self.device, self.precision):
+            new = self.vlm.generate(ids, torch.ones_like(ids), image_features=self.features,
+                                    max_new_tokens=self.max_new_tokens, streamer=streamer)
+        answer = tok.decode(new[0], skip_special_tokens=True).strip()
+        self.turns.append(("assistant", answer))
+        return answer
+
+
+class _Streamer(TextStreamer):
+    def __init__(self, tok, stream):
+        super().__init__(tok, skip_special_tokens=True)
+        self.stream = stream
+
+    def on_finalized_text(self, text: str, stream_end: bool = False):
+        self.stream.write(text + ("\n" if stream_end else ""))
+        self.stream.flush()
+
+
+def interactive(session: ChatSession) -> None:
+    print("Multi-turn chat. Empty line or Ctrl-D ends.", file=sys.stderr)
+    while True:
+        try:
+            q = input("you> ").strip()
+        except EOFError:
+            break
+        if not q:
+            break
+        sys.stdout.write("model> ")
+        session.ask(q)

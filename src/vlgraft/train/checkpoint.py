@@ -1,0 +1,139 @@
+"""Checkpoints: trainable parameters (safetensors) + the resolved recipe, written atomically.
+
+Resumable checkpoints also hold the optimizer state (safetensors), scheduler and trainer state
+(JSON) and each process's RNG state (safetensors). Nothing is unpickled when a checkpoint is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from vlgraft.config import dump_recipe
+from vlgraft.errors import VlgraftError
+
+
+def _atomic_dir(final: Path):
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
+
+
+def _commit_dir(tmp: Path, final: Path) -> None:
+    if final.exists():
+        old = final.with_name(f".old-{final.name}-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def save_checkpoint(path: Path, model, recipe, optimizer=None, scheduler=None, state: dict | None = None,
+                    rng_states: list[dict] | None = None) -> None:
+    """Write ``path`` (a folder) atomically; ``model`` is the unwrapped VLM."""
+    tmp = _atomic_dir(path)
+    try:
+        save_file({k: v.contiguous().cpu() for k, v in model.trainable_state_dict().items()},
+                  tmp / "trainable.safetensors")
+        (tmp / "recipe.yaml").write_text(dump_recipe(recipe))
+        if optimizer is not None:
+            sd = optimizer.state_dict()
+            tensors = {f"state.{i}.{k}": v.cpu() for i, st in sd["state"].items() for k, v in st.items()
+                       if torch.is_tensor(v)}
+            save_file(tensors, tmp / "optimizer.safetensors")
+            (tmp / "optimizer.json").write_text(json.dumps(sd["param_groups"]))
+        if scheduler is not None:
+            sch = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+            (tmp / "scheduler.json").write_text(json.dumps(sch))
+        if state is not None:
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+        for r, rng in enumerate(rng_states or []):
+            save_file({"torch": rng["torch"], **({"cuda": rng["cuda"]} if "cuda" in rng else {})},
+                      tmp / f"rng-{r}.safetensors")
+            (tmp / f"rng-{r}.json").write_text(json.dumps(rng["python"]))
+        _commit_dir(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def rng_state() -> dict:
+    st = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state()
+    return st
+
+
+def restore_rng(path: Path, rank: int) -> None:
+    t = load_file(path / f"rng-{rank}.safetensors")
+    torch.set_rng_state(t["torch"])
+    if "cuda" in t and torch.cuda.is_available():
+        torch.cuda.set_rng_state(t["cuda"])
+    py = json.loads((path / f"rng-{rank}.json").read_text())
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+def load_trainable(model, path: Path) -> None:
+    """Load ``trainable.safetensors`` into ``model``; its keys must equal the trainable parameter names."""
+    f = path / "trainable.safetensors"
+    if not f.is_file():
+        raise VlgraftError(f"{path}: not a checkpoint (no trainable.safetensors)")
+    weights = load_file(f)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    missing, extra = sorted(set(params) - set(weights)), sorted(set(weights) - set(params))
+    if missing or extra:
+        raise VlgraftError(f"{f}: keys do not match the recipe's trainable parameters "
+                           f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                           f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''})")
+    with torch.no_grad():
+        for n, p in params.items():
+            if weights[n].shape != p.shape:
+                raise VlgraftError(f"{f}: '{n}' has shape {tuple(weights[n].shape)}, model has {tuple(p.shape)}")
+            p.copy_(weights[n])
+
+
+def load_optimizer(optimizer, path: Path) -> None:
+    tensors = load_file(path / "optimizer.safetensors")
+    state: dict = {}
+    for k, v in tensors.items():
+        _, i, name = k.split(".", 2)
+        state.setdefault(int(i), {})[name] = v
+    groups = json.loads((path / "optimizer.json").read_text())
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def load_scheduler(scheduler, path: Path) -> None:
+    scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a run folder (its ``final`` checkpoint, else its latest one)."""
+    p = Path(path)
+    if (p / "trainable.safetensors").is_file():
+        return p
+    if (p / "final" / "trainable.safetensors").is_file():
+        return p / "final"
+    steps = sorted((p / "checkpoints").glob("step-*")) if (p / "checkpoints").is_dir() else []
+    if steps:
+        return steps[-1]
+    raise VlgraftError(f"no checkpoint found at {p} (expected trainable.safetensors, final/ or checkpoints/step-*)")
+
+
+def load_vlm(path: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild the base parts from the checkpoint's recipe, re-apply methods, load the trained weights."""
+    from vlgraft.config import load_recipe
+    from vlgraft.models.vlm import VLM
+    from vlgraft.train.optim import resolve_groups
+
+    ckpt = find_checkpoint(path)
+    recipe = load_recipe(ckpt / "recipe.yaml")
+    vlm = VLM.from_recipe(recipe, str(ckpt / "recipe.yaml"))
+    resolve_groups(vlm, recipe.trainable)
+    load_trainable(vlm, ckpt)
+    return vlm.to(device).eval(), recipe, ckpt

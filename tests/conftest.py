@@ -1,0 +1,128 @@
+"""Tiny random-initialised parts built on the fly (no download): a CLIP vision tower and Llama,
+Qwen2 and GPT-2 style LLMs saved to folders and loaded through the real ``hf:`` code paths."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Feature cache in a temp folder; the converted bundled LLM stays in the user cache (slow to redo)."""
+    from vlgraft.zoo.smollm2 import converted_dir
+
+    converted_dir()  # convert once into the normal cache
+    os.environ["VLGRAFT_FEATURE_CACHE"] = str(tmp_path_factory.mktemp("features"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir():
+    from vlgraft.zoo.smollm2 import converted_dir
+
+    return converted_dir()
+
+
+def _save_tiny_llm(kind: str, out: Path, tok_dir: Path) -> Path:
+    from transformers import (AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
+                              Qwen2Config, Qwen2ForCausalLM)
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    vocab = len(tok)
+    torch.manual_seed(0)
+    if kind == "llama":
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                             tie_word_embeddings=True))
+    elif kind == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    elif kind == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=512))
+        tok.chat_template = None  # exercise the fallback template
+    else:
+        raise ValueError(kind)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    if kind == "gpt2":  # save_pretrained may keep the template in a side file
+        for f in out.glob("chat_template*"):
+            f.unlink()
+        cfg = json.loads((out / "tokenizer_config.json").read_text())
+        cfg.pop("chat_template", None)
+        (out / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llms(tmp_path_factory, tokenizer_dir):
+    root = tmp_path_factory.mktemp("llms")
+    return {k: _save_tiny_llm(k, root / k, tokenizer_dir) for k in ("llama", "qwen2", "gpt2")}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    out = tmp_path_factory.mktemp("clip")
+    torch.manual_seed(0)
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=2,
+                                     num_attention_heads=2, image_size=32, patch_size=8)).save_pretrained(out)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
+    return out
+
+
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A LLaVA-format JSON file: 12 image conversations (coloured squares) and 4 text-only ones."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "img").mkdir()
+    records = []
+    for i in range(12):
+        name = list(COLORS)[i % 4]
+        Image.new("RGB", (40, 40), COLORS[name]).save(root / "img" / f"{i}.png")
+        records.append({"id": f"im{i}", "image": f"img/{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat color is it?"}, {"from": "gpt", "value": name},
+            {"from": "human", "value": "Is it a square?"}, {"from": "gpt", "value": "yes"}]})
+    for i in range(4):
+        records.append({"id": f"txt{i}", "conversations": [
+            {"from": "human", "value": f"What is {i} plus {i}?"}, {"from": "gpt", "value": str(2 * i)}]})
+    path = root / "train.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+def tiny_recipe_dict(llm_dir: Path, clip_dir: Path, data: Path, out: Path, **train) -> dict:
+    return {
+        "name": "tiny",
+        "vision": {"name": f"hf:{clip_dir}", "feature_layer": -2, "grid": 2},
+        "llm": {"name": f"hf:{llm_dir}", "system_prompt": ""},
+        "connector": {"name": "mlp"},
+        "methods": [{"name": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}],
+        "trainable": [{"name": "connector", "params": ["connector"], "lr": 1e-2},
+                      {"name": "lora", "params": ["llm.*lora_*"], "lr": 1e-2}],
+        "data": {"train": str(data), "eval": str(data), "max_length": 128},
+        "train": {"output_dir": str(out), "batch_size": 4, "max_steps": 4, "precision": "fp32",
+                  "log_every": 1, "warmup_ratio": 0.0, **train},
+        "eval": {"batch_size": 8, "max_new_tokens": 4},
+    }
+
+
+@pytest.fixture
+def tiny_recipe(tiny_llms, tiny_clip, tiny_data, tmp_path):
+    from vlgraft.config import Recipe, from_dict
+
+    def make(arch: str = "llama", **train):
+        return from_dict(Recipe, tiny_recipe_dict(tiny_llms[arch], tiny_clip, tiny_data, tmp_path / "run", **train))
+
+    return make

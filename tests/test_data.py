@@ -1,0 +1,119 @@
+import json
+
+import pytest
+import torch
+
+from vlgraft.data.conversation import IGNORE, tokenize_conversation, tokenize_prompt
+from vlgraft.data.images import load_image
+from vlgraft.data.records import Record, load_llava_json, load_records
+from vlgraft.errors import DataError
+from vlgraft.models.vlm import IMAGE_TOKEN_ID
+
+
+def _write(tmp_path, records, name="d.json"):
+    p = tmp_path / name
+    p.write_text(json.dumps(records))
+    return p
+
+
+def conv(*pairs):
+    out = []
+    for h, g in pairs:
+        out += [{"from": "human", "value": h}, {"from": "gpt", "value": g}]
+    return out
+
+
+@pytest.mark.parametrize("record,message", [
+    ({"id": "a", "conversations": conv(("<image>\nhi", "x"))}, "record 'a' .*placeholder but no 'image'"),
+    ({"id": "b", "image": "img.png", "conversations": conv(("hi", "x"))}, "record 'b' .*0 <image> placeholders"),
+    ({"id": "c", "image": "missing.png", "conversations": conv(("<image>\nhi", "x"))}, "record 'c' .*image file not found"),
+    ({"id": "d", "conversations": [{"from": "robot", "value": "x"}]}, "record 'd' .*unknown speaker 'robot'"),
+    ({"id": "e", "conversations": [{"from": "gpt", "value": "x"}]}, "record 'e' .*alternate"),
+    ({"id": "f"}, "record 'f' .*'conversations'"),
+])
+def test_bad_records_named(tmp_path, record, message):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
+    p = _write(tmp_path, [record])
+    with pytest.raises(DataError, match=f"d.json: {message}"):
+        load_llava_json(p)
+
+
+def test_jsonl_bad_line_named(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps({"id": "ok", "conversations": conv(("q", "a"))}) + "\n{not json\n")
+    with pytest.raises(DataError, match="d.jsonl: line 2 is not valid JSON"):
+        load_llava_json(p)
+
+
+def test_duplicate_ids_rejected(tmp_path):
+    p = _write(tmp_path, [{"id": "x", "conversations": conv(("q", "a"))}] * 2)
+    with pytest.raises(DataError, match="duplicate id 'x'"):
+        load_llava_json(p)
+
+
+def test_corrupt_image_named(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match="rec 7: cannot read image .*bad.png"):
+        load_image(str(bad), "rec 7")
+
+
+def test_easyvqa_grouped_into_conversations():
+    train = load_records("easyvqa:train")
+    assert len(train) == 4000
+    n_q = sum(sum(1 for r, _ in rec.turns if r == "assistant") for rec in train)
+    assert n_q == 38575
+    for rec in train[:50]:
+        texts = [t for _, t in rec.turns]
+        assert texts[0].startswith("<image>\n") and sum(t.count("<image>") for t in texts) == 1
+    test = load_records("easyvqa:test")
+    assert len(test) == 9673 and {r.meta["answer_type"] for r in test} == {"yes/no", "color", "shape"}
+    with pytest.raises(Exception, match="unknown dataset 'easyvq'"):
+        load_records("easyvq:train")
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from vlgraft.config import LLMConfig
+    from vlgraft.models.llm import build_llm
+
+    return build_llm(LLMConfig(system_prompt=""))
+
+
+def test_labels_only_on_assistant_replies(smol):
+    rec = Record("r", "x.png", [("user", "<image>\nWhat color?"), ("assistant", "red"),
+                                 ("user", "Shape?"), ("assistant", "circle")])
+    ex = tokenize_conversation(rec, smol, 5, 512)
+    ids, labels = ex["input_ids"], ex["labels"]
+    tok = smol.tokenizer
+    labelled = tok.decode(labels[labels != IGNORE])
+    assert labelled == "red<|im_end|>\ncircle<|im_end|>\n"
+    # everything else — system, user turns, role headers, image slots — is masked
+    assert (labels[ids == IMAGE_TOKEN_ID] == IGNORE).all()
+    assert tok.decode(ids[labels == IGNORE].clamp(min=0)).count("What color?") == 1
+    # the whole sequence renders exactly the chat template's text
+    text = smol.render(smol.messages(rec.turns)).replace("<image>", "")
+    assert tok.decode(ids[ids != IMAGE_TOKEN_ID]) == text
+
+
+def test_image_tokens_at_placeholder_with_right_count(smol):
+    rec = Record("r", "x.png", [("user", "Look: <image> now"), ("assistant", "ok")])
+    ids = tokenize_conversation(rec, smol, 7, 512)["input_ids"]
+    pos = (ids == IMAGE_TOKEN_ID).nonzero().flatten()
+    assert len(pos) == 7 and (pos.diff() == 1).all()
+    assert smol.tokenizer.decode(ids[: pos[0]]).endswith("user\nLook: ")
+    assert smol.tokenizer.decode(ids[pos[-1] + 1:]).startswith(" now")
+    prompt = tokenize_prompt(rec.turns[:1], smol, 7)
+    assert torch.equal(prompt, ids[: len(prompt)])  # inference prompt == training context
+    assert smol.tokenizer.decode(prompt[-3:]).endswith("assistant\n")
+
+
+def test_truncation_never_cuts_visual_tokens(smol, caplog):
+    rec = Record("r9", "x.png", [("user", "a " * 50 + "<image>"), ("assistant", "ok")], source="file.json: record 'r9'")
+    with pytest.raises(DataError, match="record 'r9'.*would cut visual tokens"):
+        tokenize_conversation(rec, smol, 16, 40)
+    rec2 = Record("r10", "x.png", [("user", "<image>\nq"), ("assistant", "ok " * 80)], source="record 'r10'")
+    ex = tokenize_conversation(rec2, smol, 4, 40)
+    assert len(ex["input_ids"]) == 40 and "record 'r10': truncated" in caplog.text

@@ -1,0 +1,35 @@
+import io
+import json
+
+from vlgraft.eval.vqa import evaluate, normalize
+from vlgraft.serve.chat import ChatSession
+from vlgraft.train.checkpoint import load_vlm
+from vlgraft.train.loop import train
+
+
+def test_normalize():
+    assert normalize("  The Red.") == "red"
+    assert normalize("a triangle!") == "triangle"
+    assert normalize("Yes") == normalize("yes")
+    assert normalize("red circle") != normalize("red")
+
+
+def test_eval_and_chat_on_a_trained_tiny_model(tiny_recipe, tiny_data, tmp_path):
+    out = train(tiny_recipe(max_steps=2), source="test")
+    vlm, recipe, _ = load_vlm(out)
+    res = evaluate(vlm, str(tiny_data), batch_size=5, max_new_tokens=3, precision="fp32",
+                   out_path=tmp_path / "eval.json")
+    assert res["n"] == 12 * 2 + 4  # one item per assistant turn
+    written = json.loads((tmp_path / "eval.json").read_text())
+    preds = [json.loads(l) for l in (tmp_path / "eval.predictions.jsonl").read_text().splitlines()]
+    assert written["by_type"]["all"]["correct"] == sum(p["correct"] for p in preds)
+    assert all(p["correct"] == (normalize(p["prediction"]) == normalize(p["answer"])) for p in preds)
+
+    image = str(tiny_data.parent / "img" / "0.png")
+    chat = ChatSession(vlm, image, precision="fp32", max_new_tokens=4)
+    buf = io.StringIO()
+    a1 = chat.ask("What color is it?", stream=buf)
+    a2 = chat.ask("Are you sure?", stream=buf)
+    assert [r for r, _ in chat.turns] == ["user", "assistant", "user", "assistant"]
+    assert chat.turns[0][1].startswith("<image>\n") and "<image>" not in chat.turns[2][1]
+    assert buf.getvalue().replace("\n", "").replace(" ", "") == (a1 + a2).replace(" ", "")

@@ -1,0 +1,114 @@
+"""Training loop: checkpoints, resume, multi-process equivalence."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from vlgraft.config import to_dict
+from vlgraft.train import checkpoint as ckpt_mod
+from vlgraft.train.checkpoint import load_vlm
+from vlgraft.train.loop import train
+
+
+def _weights(run):
+    return load_file(run / "final" / "trainable.safetensors")
+
+
+def test_checkpoint_holds_exactly_trainable_and_round_trips(tiny_recipe, tiny_data):
+    recipe = tiny_recipe(max_steps=3)
+    out = train(recipe, source="test")
+    w = _weights(out)
+    vlm, _, _ = load_vlm(out)
+    trainable = {n for n, p in vlm.named_parameters() if p.requires_grad}
+    assert set(w) == trainable
+    assert all(k.startswith("connector.") or ".lora_" in k for k in w)
+    assert not any(k.startswith("vision.") for k in w)
+    # logits after reload are bit-identical to the trained weights' logits
+    from tests.test_vlm import _batch
+    b = _batch(vlm, tiny_data)
+    logits = vlm(b["input_ids"], b["attention_mask"], pixel_values=b["pixel_values"])["logits"]
+    vlm2, _, _ = load_vlm(out)
+    assert torch.equal(logits, vlm2(b["input_ids"], b["attention_mask"], pixel_values=b["pixel_values"])["logits"])
+    # training moved the weights away from init (LoRA B starts at zero)
+    assert any(w[k].abs().sum() > 0 for k in w if "lora_B" in k)
+    metrics = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 3 and (out / "tb").is_dir()
+
+
+def test_loss_decreases(tiny_recipe):
+    import json
+    out = train(tiny_recipe(max_steps=12, log_every=1), source="test")
+    losses = [json.loads(l)["loss"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3
+
+
+def test_resume_matches_uninterrupted(tiny_recipe, tmp_path, monkeypatch):
+    full = tiny_recipe(max_steps=4, save_every=2, schedule="cosine", warmup_ratio=0.25)
+    full.train.output_dir = str(tmp_path / "full")
+    train(full, source="test")
+
+    part = tiny_recipe(max_steps=4, save_every=2, schedule="cosine", warmup_ratio=0.25)
+    part.train.output_dir = str(tmp_path / "part")
+    real_save = ckpt_mod.save_checkpoint
+
+    def save_then_crash(path, *a, **k):
+        real_save(path, *a, **k)
+        if path.name == "step-000002":
+            raise KeyboardInterrupt  # the run dies right after its first checkpoint
+
+    monkeypatch.setattr(ckpt_mod, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(part, source="test")
+    monkeypatch.setattr(ckpt_mod, "save_checkpoint", real_save)
+    assert not (tmp_path / "part" / "final").exists()
+    train(part, resume=True, source="test")
+
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "part")
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_refuses_to_clobber_and_resume_checks_recipe(tiny_recipe):
+    from vlgraft.errors import VlgraftError
+
+    r = tiny_recipe(max_steps=2, save_every=1)
+    train(r, source="test")
+    with pytest.raises(VlgraftError, match="already holds a run"):
+        train(r, source="test")
+    r.connector.hidden_dim = 7
+    with pytest.raises(VlgraftError, match="recipe differs .*connector.hidden_dim"):
+        train(r, resume=True, source="test")
+
+
+def _run_cli(recipe_dict, path, nproc):
+    path.write_text(yaml.safe_dump(recipe_dict))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "vlgraft.cli", "train", str(path)]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc), "--cpu",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "vlgraft.cli", "train", str(path)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_two_processes_match_one_at_same_global_batch(tiny_recipe, tmp_path):
+    base = to_dict(tiny_recipe(max_steps=3, warmup_ratio=0.0))
+    one = {**base, "train": {**base["train"], "batch_size": 4, "output_dir": str(tmp_path / "one")}}
+    two = {**base, "train": {**base["train"], "batch_size": 2, "output_dir": str(tmp_path / "two")}}
+    _run_cli(one, tmp_path / "one.yaml", 1)
+    _run_cli(two, tmp_path / "two.yaml", 2)
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert set(a) == set(b)
+    moved = 0
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+        moved += int(a[k].abs().sum() > 0)
+    assert moved > 0
