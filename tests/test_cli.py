@@ -12,7 +12,9 @@ from vlgraft.config import to_dict
 def _run(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
+    lines = capsys.readouterr().err.strip().splitlines()
+    err = [ln for ln in lines if ln.startswith("vlgraft: error")]
+    assert lines and lines[-1] == err[-1], lines  # the error is the last word, on one line
     return e.value.code, err
 
 

@@ -69,7 +69,11 @@ def test_easyvqa_grouped_into_conversations():
         texts = [t for _, t in rec.turns]
         assert texts[0].startswith("<image>\n") and sum(t.count("<image>") for t in texts) == 1
     test = load_records("easyvqa:test")
-    assert len(test) == 9673 and {r.meta["answer_type"] for r in test} == {"yes/no", "color", "shape"}
+    types = [t for r in test for t in r.meta["answer_types"]]
+    assert len(test) == 1000 and len(types) == 9673 and set(types) == {"yes/no", "color", "shape"}
+    from vlgraft.eval.vqa import eval_items
+    items = eval_items(test, "independent")
+    assert len(items) == 9673 and all(len(it["turns"]) == 1 and it["turns"][0][1].startswith("<image>\n") for it in items)
     with pytest.raises(Exception, match="unknown dataset 'easyvq'"):
         load_records("easyvq:train")
 

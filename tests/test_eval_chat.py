@@ -25,6 +25,9 @@ def test_eval_and_chat_on_a_trained_tiny_model(tiny_recipe, tiny_data, tmp_path)
     assert written["by_type"]["all"]["correct"] == sum(p["correct"] for p in preds)
     assert all(p["correct"] == (normalize(p["prediction"]) == normalize(p["answer"])) for p in preds)
 
+    packed = evaluate(vlm, str(tiny_data), turns="independent", batch_size=5, max_new_tokens=3, precision="fp32")
+    assert packed["n"] == 28 and packed["turns"] == "independent"
+
     image = str(tiny_data.parent / "img" / "0.png")
     chat = ChatSession(vlm, image, precision="fp32", max_new_tokens=4)
     buf = io.StringIO()

@@ -42,9 +42,14 @@ def test_checkpoint_holds_exactly_trainable_and_round_trips(tiny_recipe, tiny_da
 
 def test_loss_decreases(tiny_recipe):
     import json
-    out = train(tiny_recipe(max_steps=12, log_every=1), source="test")
+
+    from vlgraft.config import ParamGroup
+    r = tiny_recipe(max_steps=12, log_every=1)
+    r.methods = []
+    r.trainable = [ParamGroup("connector", ["connector"], 1e-2), ParamGroup("llm", ["llm"], 1e-2)]
+    out = train(r, source="test")
     losses = [json.loads(l)["loss"] for l in (out / "metrics.jsonl").read_text().splitlines()]
-    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 1.5  # nats
 
 
 def test_resume_matches_uninterrupted(tiny_recipe, tmp_path, monkeypatch):
@@ -92,11 +97,14 @@ def _run_cli(recipe_dict, path, nproc):
     if nproc == 1:
         cmd = [sys.executable, "-m", "vlgraft.cli", "train", str(path)]
     else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc), "--cpu",
+        # accelerate's --cpu launcher starts one process unless MPI is set up; --multi_gpu uses torchrun,
+        # and on a machine without GPU vlgraft's Accelerator(cpu=True) then trains with DDP over gloo.
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc), "--multi_gpu",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "-m", "vlgraft.cli", "train", str(path)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert f"x {nproc} proc)" in res.stderr  # really ran as nproc processes
 
 
 def test_two_processes_match_one_at_same_global_batch(tiny_recipe, tmp_path):

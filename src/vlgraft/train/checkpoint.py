@@ -109,7 +109,9 @@ def load_optimizer(optimizer, path: Path) -> None:
 
 
 def load_scheduler(scheduler, path: Path) -> None:
-    scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
+    state = json.loads((path / "scheduler.json").read_text())
+    state["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)  # the schedule function is rebuilt from the recipe
+    scheduler.load_state_dict(state)
 
 
 def find_checkpoint(path: str | Path) -> Path:

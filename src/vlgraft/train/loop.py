@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
 from rich.console import Console
 from rich.table import Table
@@ -112,7 +112,11 @@ def _check_resume_recipe(saved: dict, now: dict, prefix: str = "") -> list[str]:
 def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, source: str = "recipe",
           console: Console | None = None) -> Path:
     tc = recipe.train
-    accel = Accelerator(mixed_precision="bf16" if tc.precision == "bf16" else "no")
+    # cpu=True without a GPU: accelerate then runs DDP over gloo when launched as several processes
+    # (torchrun, or `accelerate launch --multi_gpu --num_processes N` on a CPU-only machine).
+    # find_unused_parameters: a process whose micro-batch is all text-only leaves the connector unused.
+    accel = Accelerator(mixed_precision="bf16" if tc.precision == "bf16" else "no", cpu=not torch.cuda.is_available(),
+                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     main = accel.is_main_process
     console = console or Console(stderr=True, quiet=not main)
     out = Path(tc.output_dir)

@@ -1,0 +1,75 @@
+"""Compare variants of a recipe at an equal training budget: final train loss, eval accuracy by
+answer type, and seconds per step. Used to choose the default recipe's settings (docs/RESULTS.md).
+
+    python benchmarks/recipe_search.py --samples 1600 --eval-limit 1000 --out benchmarks/results/recipe_search_cuda.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import read_metrics, run_cli, write_json  # noqa: E402
+
+ATTN = "[q_proj, k_proj, v_proj, o_proj]"
+ALL = "[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]"
+
+
+def groups(conn_lr: float, other: str, other_lr: float) -> str:
+    return f"trainable=[{{name: connector, params: [connector], lr: {conn_lr}}}, {{name: llm, params: ['{other}'], lr: {other_lr}}}]"
+
+
+# name -> (batch size, overrides)
+VARIANTS = {
+    "attn-lora b16": (16, [f"methods=[{{name: lora, r: 16, alpha: 32, target_modules: {ATTN}}}]", groups(2e-3, "llm.*lora_*", 1e-3)]),
+    "attn-lora b8": (8, [f"methods=[{{name: lora, r: 16, alpha: 32, target_modules: {ATTN}}}]", groups(2e-3, "llm.*lora_*", 1e-3)]),
+    "all-lora b8": (8, [f"methods=[{{name: lora, r: 16, alpha: 32, target_modules: {ALL}}}]", groups(2e-3, "llm.*lora_*", 1e-3)]),
+    "all-lora b8 hi-lr": (8, [f"methods=[{{name: lora, r: 16, alpha: 32, target_modules: {ALL}}}]", groups(5e-3, "llm.*lora_*", 2e-3)]),
+    "all-lora r64 b8": (8, [f"methods=[{{name: lora, r: 64, alpha: 64, target_modules: {ALL}}}]", groups(2e-3, "llm.*lora_*", 1e-3)]),
+    "full-llm b8": (8, ["methods=[]", groups(2e-3, "llm.*", 1e-4)]),
+    "all-lora b8 49tok": (8, [f"methods=[{{name: lora, r: 16, alpha: 32, target_modules: {ALL}}}]", groups(2e-3, "llm.*lora_*", 1e-3), "vision.grid=null"]),
+    "all-lora b8 layer11": (8, [f"methods=[{{name: lora, r: 16, alpha: 32, target_modules: {ALL}}}]", groups(2e-3, "llm.*lora_*", 1e-3), "vision.feature_layer=11"]),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default="recipes/default.yaml")
+    ap.add_argument("--samples", type=int, default=1600, help="training conversations per variant (equal budget)")
+    ap.add_argument("--eval-limit", type=int, default=1000)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--out", default="benchmarks/results/recipe_search.json")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="vlgraft-search-"))
+    results = {}
+    for name in args.variants.split(","):
+        batch, ovs = VARIANTS[name]
+        run = work / name.replace(" ", "_")
+        steps = args.samples // batch
+        o = [*ovs, f"train.batch_size={batch}", f"train.max_steps={steps}", f"train.output_dir={run}",
+             "train.log_every=5"]
+        tr = run_cli(["train", args.recipe, "--overwrite", *[x for kv in o for x in ("-o", kv)]], work,
+                     log=work / f"{run.name}.log")
+        ev_path = work / f"{run.name}-eval.json"
+        run_cli(["eval", str(run), "--limit", str(args.eval_limit), "--out", str(ev_path)], work,
+                log=work / f"{run.name}-eval.log")
+        ev = json.loads(ev_path.read_text())
+        m = read_metrics(run)
+        sps = [b["time"] - a["time"] for a, b in zip(m[1:], m[2:])]
+        results[name] = {"batch": batch, "steps": steps, "final_loss": m[-1]["loss"],
+                         "s_per_step": sum(sps) / max(1, len(sps)) / 5, "accuracy": ev["accuracy"],
+                         "by_type": {k: v["accuracy"] for k, v in ev["by_type"].items()}, "train_wall_s": tr["wall_s"],
+                         "overrides": o}
+        r = results[name]
+        print(f"{name:<22} loss {r['final_loss']:.4f}  acc {100 * r['accuracy']:.2f}%  "
+              + "  ".join(f"{k} {100 * v:.1f}%" for k, v in r["by_type"].items() if k != "all")
+              + f"  {r['s_per_step']:.2f} s/step", flush=True)
+        write_json(Path(args.out), results)
+
+
+if __name__ == "__main__":
+    main()
