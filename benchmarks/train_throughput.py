@@ -102,6 +102,7 @@ def main() -> None:
             row["curve"] = points
             row["curve_train_wall_s"] = tr["wall_s"]
         results["configs"][name] = row
+        write_json(Path(args.out), results)  # partial results survive an interrupted run
 
     # time to target: measured where a curve exists, projected from the reference curve otherwise
     ref = next((results["configs"][c]["curve"] for c in curve_cfgs if results["configs"][c]["curve"]), None)

@@ -36,3 +36,16 @@ def test_eval_and_chat_on_a_trained_tiny_model(tiny_recipe, tiny_data, tmp_path)
     assert [r for r, _ in chat.turns] == ["user", "assistant", "user", "assistant"]
     assert chat.turns[0][1].startswith("<image>\n") and "<image>" not in chat.turns[2][1]
     assert buf.getvalue().replace("\n", "").replace(" ", "") == (a1 + a2).replace(" ", "")
+
+
+def test_interactive_chat_keeps_history(tiny_recipe, tiny_data, monkeypatch, capsys):
+    from vlgraft.serve.chat import interactive
+
+    out = train(tiny_recipe(max_steps=1), source="test")
+    vlm, _, _ = load_vlm(out)
+    chat = ChatSession(vlm, str(tiny_data.parent / "img" / "2.png"), precision="fp32", max_new_tokens=3)
+    answers = iter(["What color is it?", "And now?", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
+    interactive(chat)
+    assert [r for r, _ in chat.turns] == ["user", "assistant"] * 2
+    assert capsys.readouterr().out.count("model> ") == 2

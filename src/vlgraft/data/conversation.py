@@ -79,6 +79,15 @@ def tokenize_prompt(turns: list[tuple[str, str]], llm: LanguageModel, n_img: int
     return torch.tensor(ids)
 
 
+def common_prefix_len(seqs: list[torch.Tensor], limit: int | None = None) -> int:
+    """Length of the longest token prefix that all ``seqs`` share (at most ``limit``)."""
+    p = min(len(x) for x in seqs) if limit is None else limit
+    for x in seqs[1:]:
+        diff = (x[:p] != seqs[0][:p]).nonzero()
+        p = int(diff[0]) if len(diff) else p
+    return p
+
+
 def _single_turns(rec: Record) -> list[list[tuple[str, str]]]:
     """Each (question, answer) pair of ``rec`` as its own single-turn conversation, the image (if any)
     placed where the record's first question had it."""
@@ -108,10 +117,7 @@ def tokenize_independent(rec: Record, llm: LanguageModel, n_img: int, max_length
     singles = [tokenize_conversation(Record(rec.id, rec.image, t, source=rec.where), llm, n_img, 10**9)
                for t in _single_turns(rec)]
     ids0 = singles[0]["input_ids"]
-    p = min(len(s["input_ids"]) for s in singles)
-    for s in singles[1:]:
-        diff = (s["input_ids"][:p] != ids0[:p]).nonzero()
-        p = int(diff[0]) if len(diff) else p
+    p = common_prefix_len([s["input_ids"] for s in singles])
     # a segment must start with context, never with a labelled token (its label would be predicted
     # from the previous segment's last position)
     while p > 0 and any(s["labels"][p] != IGNORE for s in singles if len(s["labels"]) > p):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from vlgraft.data.conversation import _encode, _segments
+from vlgraft.data.conversation import _encode, _segments, common_prefix_len
 
 
 def packed_prompt(questions: list[list[tuple[str, str]]], llm, n_img: int, where: str) -> dict:
@@ -24,10 +24,7 @@ def packed_prompt(questions: list[list[tuple[str, str]]], llm, n_img: int, where
         for text, _ in _segments(turns, llm, True, where):
             ids += _encode(text, llm, n_img)
         prompts.append(torch.tensor(ids))
-    p = min(len(x) for x in prompts) - 1  # every segment keeps at least one token
-    for x in prompts[1:]:
-        diff = (x[:p] != prompts[0][:p]).nonzero()
-        p = int(diff[0]) if len(diff) else p
+    p = common_prefix_len(prompts, min(len(x) for x in prompts) - 1)  # every segment keeps >= 1 token
     ids = [prompts[0][:p]] + [x[p:] for x in prompts]
     pos = [torch.arange(p)] + [torch.arange(p, len(x)) for x in prompts]
     seg = [torch.zeros(p, dtype=torch.long)] + [torch.full((len(x) - p,), k) for k, x in enumerate(prompts, 1)]

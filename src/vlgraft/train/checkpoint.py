@@ -7,6 +7,7 @@ Resumable checkpoints also hold the optimizer state (safetensors), scheduler and
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -18,6 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from vlgraft.config import dump_recipe
 from vlgraft.errors import VlgraftError
+
+log = logging.getLogger(__name__)
 
 
 def _atomic_dir(final: Path):
@@ -35,9 +38,10 @@ def _commit_dir(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
 
 
-def save_checkpoint(path: Path, model, recipe, optimizer=None, scheduler=None, state: dict | None = None,
-                    rng_states: list[dict] | None = None) -> None:
-    """Write ``path`` (a folder) atomically; ``model`` is the unwrapped VLM."""
+def save_checkpoint(path: Path, model, recipe, optimizer=None, scheduler=None, state: dict | None = None) -> None:
+    """Write ``path`` (a folder) atomically; ``model`` is the unwrapped VLM. A resumable checkpoint
+    (with ``state``) includes this process's RNG state as rank 0; other processes add theirs with
+    ``save_rng`` once the folder is committed."""
     tmp = _atomic_dir(path)
     try:
         save_file({k: v.contiguous().cpu() for k, v in model.trainable_state_dict().items()},
@@ -54,23 +58,25 @@ def save_checkpoint(path: Path, model, recipe, optimizer=None, scheduler=None, s
             (tmp / "scheduler.json").write_text(json.dumps(sch))
         if state is not None:
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-        for r, rng in enumerate(rng_states or []):
-            save_file({"torch": rng["torch"], **({"cuda": rng["cuda"]} if "cuda" in rng else {})},
-                      tmp / f"rng-{r}.safetensors")
-            (tmp / f"rng-{r}.json").write_text(json.dumps(rng["python"]))
+            save_rng(tmp, 0)
         _commit_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def rng_state() -> dict:
-    st = {"torch": torch.get_rng_state(), "python": random.getstate()}
+def save_rng(path: Path, rank: int) -> None:
+    """Add this process's RNG state (torch, CUDA, Python) to checkpoint folder ``path``."""
+    tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state()
-    return st
+        tensors["cuda"] = torch.cuda.get_rng_state()
+    save_file(tensors, path / f"rng-{rank}.safetensors")
+    (path / f"rng-{rank}.json").write_text(json.dumps(random.getstate()))
 
 
 def restore_rng(path: Path, rank: int) -> None:
+    if not (path / f"rng-{rank}.safetensors").is_file():  # a run stopped before this process wrote it
+        log.warning("%s has no RNG state for process %d; its random streams restart from the seed", path, rank)
+        return
     t = load_file(path / f"rng-{rank}.safetensors")
     torch.set_rng_state(t["torch"])
     if "cuda" in t and torch.cuda.is_available():

@@ -9,6 +9,7 @@ global batch therefore take the same optimizer step, and a resumed run continues
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -174,10 +175,9 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, source:
         (out / "metrics.jsonl").unlink(missing_ok=True)
     accel.wait_for_everyone()
 
-    vlm.vision.eval()  # frozen BN statistics; dropout in the LLM follows .train()
     model, optimizer = accel.prepare(vlm, optimizer)
     model.train()
-    vlm.vision.eval()
+    vlm.vision.eval()  # frozen BN statistics; dropout in the LLM follows .train()
     if resume_from is not None:
         ckpt.restore_rng(resume_from, accel.process_index)
 
@@ -185,7 +185,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, source:
                            tc.seed, start, total)
     pad_id = vlm.llm.tokenizer.pad_token_id
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=tc.num_workers,
-                                         collate_fn=lambda b: collate(b, pad_id))
+                                         collate_fn=functools.partial(collate, pad_id=pad_id))
     trainable = [p for p in vlm.parameters() if p.requires_grad]
 
     if main:
@@ -195,25 +195,22 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, source:
         console.print(f"{len(dataset)} conversations, global batch {global_batch} "
                       f"({tc.batch_size} x {tc.grad_accum} accum x {world} proc), {total} steps, "
                       f"precision {tc.precision}, device {accel.device}")
-    writer = None
+    writer = metrics_f = None
     if main:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out / "tb"))
-    metrics_f = (out / "metrics.jsonl").open("a") if main else None
+        metrics_f = (out / "metrics.jsonl").open("a")
 
     def save(step: int, final: bool = False) -> None:
         state = {"global_step": step, "total_steps": total, "global_batch": global_batch,
                  "samples_seen": step * global_batch}
         path = ckpt_root / f"step-{step:06d}"
         if main:
-            ckpt.save_checkpoint(path, vlm, recipe, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-                                 scheduler, state, [ckpt.rng_state()])
+            opt = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer  # unwrap accelerate's
+            ckpt.save_checkpoint(path, vlm, recipe, opt, scheduler, state)
         accel.wait_for_everyone()
-        if accel.process_index != 0:  # other processes add their RNG state to the committed folder
-            st = ckpt.rng_state()
-            from safetensors.torch import save_file
-            save_file({"torch": st["torch"]}, path / f"rng-{accel.process_index}.safetensors")
-            (path / f"rng-{accel.process_index}.json").write_text(json.dumps(st["python"]))
+        if not main:
+            ckpt.save_rng(path, accel.process_index)
         accel.wait_for_everyone()
         if main:
             for old in sorted(ckpt_root.glob("step-*"))[:-tc.keep_checkpoints]:
