@@ -11,6 +11,15 @@ from vlgraft.data.images import load_image
 from vlgraft.data.records import Record
 
 
+def image_input(rec: Record, cache: FeatureCache | None, vision) -> dict:
+    """A record's image as cached features or as pixels (nothing for a text-only record)."""
+    if rec.image is None:
+        return {}
+    if cache is not None:
+        return {"image_features": cache.load(rec.image)}
+    return {"pixel_values": vision.preprocess([load_image(rec.image, rec.where)])[0]}
+
+
 class ConversationDataset(torch.utils.data.Dataset):
     """Pre-tokenised conversations; images come as cached features or as pixels."""
 
@@ -30,13 +39,7 @@ class ConversationDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         rec, ex = self.records[i], self.examples[i]
-        item = {**ex, "image_features": None, "pixel_values": None}
-        if rec.image is not None:
-            if self.cache is not None:
-                item["image_features"] = self.cache.load(rec.image)
-            else:
-                item["pixel_values"] = self.vision.preprocess([load_image(rec.image, rec.where)])[0]
-        return item
+        return {**ex, "image_features": None, "pixel_values": None, **image_input(rec, self.cache, self.vision)}
 
 
 def collate(batch: list[dict], pad_id: int, left: bool = False) -> dict:

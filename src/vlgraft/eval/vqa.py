@@ -18,8 +18,7 @@ from tqdm import tqdm
 
 from vlgraft.data.cache import FeatureCache
 from vlgraft.data.conversation import _single_turns, tokenize_prompt
-from vlgraft.data.dataset import collate
-from vlgraft.data.images import load_image
+from vlgraft.data.dataset import collate, image_input
 from vlgraft.data.records import load_records
 from vlgraft.eval.packed import generate_packed, packed_prompt
 
@@ -53,14 +52,6 @@ def eval_items(records, turns: str = "conversation") -> list[dict]:
     return items
 
 
-def _image_input(rec, cache, vision) -> dict:
-    if rec.image is None:
-        return {}
-    if cache is not None:
-        return {"image_features": cache.load(rec.image)}
-    return {"pixel_values": vision.preprocess([load_image(rec.image, rec.where)])[0]}
-
-
 def _predict_single(vlm, items, cache, batch_size, max_new_tokens, precision, device) -> list[str]:
     """Batched single-prompt greedy generation (left-padded, HF generate with the KV cache)."""
     tok = vlm.llm.tokenizer
@@ -69,7 +60,7 @@ def _predict_single(vlm, items, cache, batch_size, max_new_tokens, precision, de
     preds = [""] * len(items)
     for s in tqdm(range(0, len(order), batch_size), desc="eval", unit="batch"):
         idx = order[s: s + batch_size]
-        batch = [{"input_ids": prompts[i], **_image_input(items[i]["record"], cache, vlm.vision)} for i in idx]
+        batch = [{"input_ids": prompts[i], **image_input(items[i]["record"], cache, vlm.vision)} for i in idx]
         inp = {k: v.to(device) if v is not None else None for k, v in collate(batch, tok.pad_token_id, left=True).items()}
         with autocast(device, precision):
             new = vlm.generate(**inp, max_new_tokens=max_new_tokens)
@@ -88,7 +79,7 @@ def _predict_packed(vlm, items, cache, batch_size, max_new_tokens, precision, de
     for idx in groups.values():
         rec = items[idx[0]]["record"]
         p = packed_prompt([items[i]["turns"] for i in idx], vlm.llm, vlm.num_image_tokens, rec.where)
-        packs.append((idx, {**p, **_image_input(rec, cache, vlm.vision)}))
+        packs.append((idx, {**p, **image_input(rec, cache, vlm.vision)}))
     packs.sort(key=lambda x: len(x[1]["input_ids"]))
     preds = [""] * len(items)
     chunks, cur, n = [], [], 0
