@@ -31,6 +31,10 @@ VARIANTS = {
     "all-lora b8 hi-lr": (8, [f"methods=[{{name: lora, r: 16, alpha: 32, target_modules: {ALL}}}]", groups(5e-3, "llm.*lora_*", 2e-3)]),
     "all-lora r64 b8": (8, [f"methods=[{{name: lora, r: 64, alpha: 64, target_modules: {ALL}}}]", groups(2e-3, "llm.*lora_*", 1e-3)]),
     "full-llm b8": (8, ["methods=[]", groups(2e-3, "llm.*", 1e-4)]),
+    "attn-lora b8 grid1": (8, [f"methods=[{{name: lora, r: 16, alpha: 32, target_modules: {ATTN}}}]", groups(2e-3, "llm.*lora_*", 1e-3), "vision.grid=1"]),
+    "attn-lora b8 grid2": (8, [f"methods=[{{name: lora, r: 16, alpha: 32, target_modules: {ATTN}}}]", groups(2e-3, "llm.*lora_*", 1e-3), "vision.grid=2"]),
+    "full-llm b8 grid1": (8, ["methods=[]", groups(2e-3, "llm.*", 1e-4), "vision.grid=1"]),
+    "full-llm b8 grid2": (8, ["methods=[]", groups(2e-3, "llm.*", 1e-4), "vision.grid=2"]),
     "all-lora b8 49tok": (8, [f"methods=[{{name: lora, r: 16, alpha: 32, target_modules: {ALL}}}]", groups(2e-3, "llm.*lora_*", 1e-3), "vision.grid=null"]),
     "all-lora b8 layer11": (8, [f"methods=[{{name: lora, r: 16, alpha: 32, target_modules: {ALL}}}]", groups(2e-3, "llm.*lora_*", 1e-3), "vision.feature_layer=11"]),
 }

@@ -1,5 +1,5 @@
 """Tiny random-initialised parts built on the fly (no download): a CLIP vision tower and Llama,
-Qwen2 and GPT-2 style LLMs saved to folders and loaded through the real ``hf:`` code paths."""
+Qwen2, Gemma3, GPT-2 and OPT style LLMs saved to folders and loaded through the real ``hf:`` code paths."""
 
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ def tokenizer_dir():
 
 
 def _save_tiny_llm(kind: str, out: Path, tok_dir: Path) -> Path:
-    from transformers import (AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
-                              Qwen2Config, Qwen2ForCausalLM)
+    from transformers import (AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config, GPT2LMHeadModel,
+                              LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
     vocab = len(tok)
@@ -45,6 +45,13 @@ def _save_tiny_llm(kind: str, out: Path, tok_dir: Path) -> Path:
     elif kind == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64,
                                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    elif kind == "gemma3":
+        model = Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                                   head_dim=8, sliding_window=16, max_position_embeddings=512))
+    elif kind == "opt":
+        model = OPTForCausalLM(OPTConfig(vocab_size=vocab, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                                         num_attention_heads=4, max_position_embeddings=512, word_embed_proj_dim=32))
     elif kind == "gpt2":
         model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=512))
         tok.chat_template = None  # exercise the fallback template
@@ -64,7 +71,7 @@ def _save_tiny_llm(kind: str, out: Path, tok_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llms(tmp_path_factory, tokenizer_dir):
     root = tmp_path_factory.mktemp("llms")
-    return {k: _save_tiny_llm(k, root / k, tokenizer_dir) for k in ("llama", "qwen2", "gpt2")}
+    return {k: _save_tiny_llm(k, root / k, tokenizer_dir) for k in ("llama", "qwen2", "gpt2", "gemma3", "opt")}
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,11 @@ from vlgraft.train.optim import resolve_groups
 
 
 def _batch(vlm, data_path, n=3):
-    recs = [r for r in load_llava_json(data_path)][10:10 + n]  # mixes image and text-only records
+    return collate_records(vlm, load_llava_json(data_path)[10:10 + n])  # mixes image and text-only records
+
+
+def collate_records(vlm, recs):
+    """Tokenised, collated training batch of these records (pixels for the image ones)."""
     items = []
     for r in recs:
         ex = tokenize_conversation(r, vlm.llm, vlm.num_image_tokens, 128)

@@ -1,4 +1,4 @@
-"""``vlgraft`` command line: train, eval, chat, info.
+"""``vlgraft`` command line: train, eval, chat, export, info.
 
 Every user error is one line on stderr (exit code 2), naming the file, record or key at fault.
 """
@@ -42,7 +42,9 @@ def cmd_eval(args) -> None:
     res = evaluate(vlm, args.data or recipe.data.eval, turns=recipe.data.turns, batch_size=args.batch_size or recipe.eval.batch_size,
                    max_new_tokens=recipe.eval.max_new_tokens, limit=args.limit or recipe.eval.limit,
                    precision=args.precision or recipe.train.precision, image_root=recipe.data.image_root,
-                   out_path=out)
+                   out_path=out, loss_records=args.loss_records, max_length=recipe.data.max_length)
+    if "val_loss" in res:
+        print(f"held-out loss {res['val_loss']:.4f} per answer token on {res['val_loss_records']} records")
     print(f"accuracy {100 * res['accuracy']:.2f}% on {res['n']} questions ({res['questions_per_s']:.1f} questions/s)")
 
 
@@ -64,7 +66,7 @@ def cmd_info(args) -> None:
 
     from vlgraft.config import dump_recipe, load_recipe
     from vlgraft.models.vlm import VLM
-    from vlgraft.train.loop import print_split
+    from vlgraft.train.loop import print_methods, print_split
     from vlgraft.train.optim import resolve_groups
 
     recipe = load_recipe(args.recipe, args.override)
@@ -73,9 +75,45 @@ def cmd_info(args) -> None:
     console = Console()
     console.print(dump_recipe(recipe))
     print_split(vlm, console)
+    print_methods(vlm, console)
     for g, members in resolved:
         console.print(f"group {g.name}: {sum(p.numel() for _, p in members):,} parameters in {len(members)} tensors, lr {g.lr}")
     console.print(f"visual tokens per image: {vlm.num_image_tokens}")
+
+
+def cmd_export(args) -> None:
+    """Merge LoRA/DoRA/IA3 into the base weights and write a self-contained folder: the LLM in
+    transformers format (loadable with ``hf:<folder>/llm``), the rest of the trainable weights, recipe."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from vlgraft.config import dump_recipe
+    from vlgraft.errors import VlgraftError
+    from vlgraft.methods.lora import merge_adapters
+    from vlgraft.train.checkpoint import load_vlm
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise VlgraftError(f"{out} exists; pass --overwrite to replace it")
+    vlm, recipe, ckpt = load_vlm(args.run)
+    n = merge_adapters(vlm.llm.model) + merge_adapters(vlm.vision)
+    others = [m["name"] for m in recipe.methods if m["name"] not in ("lora", "ia3", "select")]
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    base_sd = {k: v for k, v in vlm.llm.model.state_dict().items() if ".vlgraft_" not in k}
+    vlm.llm.model.save_pretrained(tmp / "llm", state_dict=base_sd)
+    vlm.llm.tokenizer.save_pretrained(tmp / "llm")
+    rest = {k: v.contiguous() for k, v in vlm.trainable_state_dict().items() if not k.startswith("llm.model.")
+            or any(t in k for t in (".vlgraft_", "prompt_tuning", "prefix_tuning"))}
+    save_file(rest, str(tmp / "trainable.safetensors"))
+    (tmp / "recipe.yaml").write_text(dump_recipe(recipe))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    print(f"exported {ckpt} -> {out}: {n} adapter layers merged into the LLM weights"
+          + (f"; methods kept as modules (not mergeable): {', '.join(others)}" if others else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="eval data (default: the recipe's data.eval)")
     e.add_argument("--limit", type=int, help="only the first N questions")
     e.add_argument("--batch-size", type=int)
+    e.add_argument("--loss-records", type=int, default=0, metavar="N",
+                   help="also report the held-out loss (teacher forcing) over the first N records")
     e.add_argument("--precision", choices=["fp32", "bf16"])
     e.add_argument("--device")
     e.add_argument("--out", help="result JSON (default: RUN/eval.json)")
@@ -109,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--precision", choices=["fp32", "bf16"])
     c.add_argument("--device")
     c.set_defaults(func=cmd_chat)
+
+    x = sub.add_parser("export", help="merge LoRA/DoRA/IA3 into the weights and write a standalone folder")
+    x.add_argument("run", help="run folder or checkpoint folder")
+    x.add_argument("out", help="output folder")
+    x.add_argument("--overwrite", action="store_true")
+    x.set_defaults(func=cmd_export)
 
     i = sub.add_parser("info", help="print a recipe's resolved config and trainable parameters")
     i.add_argument("recipe")

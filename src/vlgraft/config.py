@@ -48,7 +48,7 @@ class LLMConfig:
 
 @dataclass
 class ConnectorConfig:
-    name: str = _f("mlp", "registered connector: linear | mlp")
+    name: str = _f("mlp", "registered connector: linear | mlp | git")
     hidden_dim: Optional[int] = _f(None, "mlp: hidden width (null: the LLM's hidden size)")
 
 

@@ -57,6 +57,8 @@ def collate(batch: list[dict], pad_id: int, left: bool = False) -> dict:
     if "segment_ids" in batch[0]:  # packed independent turns: positions restart per segment
         out["position_ids"] = pad([b["position_ids"] for b in batch], 0)
         out["segment_ids"] = pad([b["segment_ids"] for b in batch], -1)
+    out["has_image"] = torch.tensor([b.get("image_features") is not None or b.get("pixel_values") is not None
+                                     for b in batch])
     for key in ("image_features", "pixel_values"):
         xs = [b[key] for b in batch if b.get(key) is not None]
         out[key] = torch.stack(xs) if xs else None

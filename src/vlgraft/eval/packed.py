@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from vlgraft.methods.attention import uses_bool_mask
 from vlgraft.data.conversation import _encode, _segments, common_prefix_len
 
 
@@ -36,7 +37,9 @@ def packed_prompt(questions: list[list[tuple[str, str]]], llm, n_img: int, where
 def generate_packed(vlm, batch: dict, n_questions: list[int], max_new_tokens: int) -> list[list[list[int]]]:
     """``batch``: collated packed prompts (right-padded). Returns new token ids per record per question."""
     model = vlm.llm.model
-    seg, pos = batch["segment_ids"], batch["position_ids"]
+    x = vlm.prepare(batch["input_ids"], None, batch.get("pixel_values"), batch.get("image_features"),
+                    batch.get("has_image"), position_ids=batch["position_ids"], segment_ids=batch["segment_ids"])
+    embeds, seg, pos = x["embeds"], x["segment_ids"], x["position_ids"]
     b, t = seg.shape
     g = max(n_questions)
     dev = seg.device
@@ -47,8 +50,6 @@ def generate_packed(vlm, batch: dict, n_questions: list[int], max_new_tokens: in
     present = last >= 0
     last = last.clamp(min=0)
 
-    visual = vlm.visual_embeds(batch.get("pixel_values"), batch.get("image_features"))
-    embeds = vlm.embed_inputs(batch["input_ids"], visual)
     cache = DynamicCache()
     out = model.base_model(inputs_embeds=embeds, attention_mask=vlm.segment_mask(seg, embeds.dtype),
                            position_ids=pos, past_key_values=cache, use_cache=True)
@@ -72,7 +73,7 @@ def generate_packed(vlm, batch: dict, n_questions: list[int], max_new_tokens: in
         # new tokens attend to the prefix, their own question's tokens (prompt and generated) and themselves
         allowed = torch.cat([(kv_seg[:, None, :] == 0) | (kv_seg[:, None, :] == new_seg[:, :, None]),
                              eye[None].expand(b, -1, -1)], dim=-1)[:, None]  # [B, 1, G, L + G]
-        mask = allowed if model.config._attn_implementation == "sdpa" else torch.zeros(
+        mask = allowed if uses_bool_mask(model.config) else torch.zeros(
             allowed.shape, dtype=embeds.dtype, device=dev).masked_fill(~allowed, torch.finfo(embeds.dtype).min)
         out = model.base_model(inputs_embeds=vlm.llm.embed(nxt), attention_mask=mask, position_ids=next_pos,
                                past_key_values=cache, use_cache=True)

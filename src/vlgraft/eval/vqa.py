@@ -108,15 +108,37 @@ def autocast(device: torch.device, precision: str):
 
 
 @torch.no_grad()
+def heldout_loss(vlm, records, turns: str, max_length: int, cache, batch_size: int, precision: str, device) -> float:
+    """Mean cross-entropy per labelled token over ``records`` (teacher forcing, as in training)."""
+    from vlgraft.data.dataset import ConversationDataset
+
+    ds = ConversationDataset(records, vlm, max_length, cache, turns)
+    total, n = 0.0, 0
+    for s in range(0, len(ds), batch_size):
+        batch = collate([ds[i] for i in range(s, min(len(ds), s + batch_size))], vlm.llm.tokenizer.pad_token_id)
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with autocast(device, precision):
+            out = vlm(**batch)
+        total += float(out["loss_sum"])
+        n += out["n_tokens"]
+    return total / max(1, n)
+
+
+@torch.no_grad()
 def evaluate(vlm, data_spec: str, turns: str = "conversation", batch_size: int = 64, max_new_tokens: int = 8, limit: int | None = None,
              precision: str = "bf16", image_root: str | None = None, use_cache: bool = True,
-             out_path: Path | None = None, console: Console | None = None) -> dict:
+             out_path: Path | None = None, console: Console | None = None, loss_records: int = 0,
+             max_length: int = 2048) -> dict:
     console = console or Console(stderr=True)
     device = next(vlm.parameters()).device
     items = eval_items(load_records(data_spec, image_root), turns)[:limit]
-    cache = FeatureCache(vlm.vision, precision) if use_cache else None
+    cache = FeatureCache(vlm.vision, precision) if use_cache and vlm.vision_cacheable() else None
     if cache is not None:
         cache.fill([(it["record"].image, it["record"].where) for it in items if it["record"].image], device)
+    val_loss = None
+    if loss_records:
+        recs = list({id(it["record"]): it["record"] for it in items}.values())[:loss_records]
+        val_loss = heldout_loss(vlm, recs, turns, max_length, cache, max(1, batch_size // 8), precision, device)
     t0 = time.time()
     predict = _predict_packed if turns == "independent" else _predict_single
     preds = predict(vlm, items, cache, batch_size, max_new_tokens, precision, device)
@@ -135,6 +157,9 @@ def evaluate(vlm, data_spec: str, turns: str = "conversation", batch_size: int =
         "seconds": elapsed, "questions_per_s": len(items) / max(elapsed, 1e-9), "precision": precision,
         "turns": turns,
     }
+    if val_loss is not None:
+        result["val_loss"] = val_loss
+        result["val_loss_records"] = min(loss_records, len({it["record"].id for it in items}))
     table = Table(title=f"exact match on {data_spec}")
     for col in ("answer type", "questions", "correct", "accuracy"):
         table.add_column(col, justify="left" if col == "answer type" else "right")

@@ -1,11 +1,35 @@
-"""LoRA through HF ``peft``: ``W + (alpha/r) B A`` beside frozen linears, B = 0 at start."""
+"""LoRA (and DoRA) and IA3 through HF ``peft``, injected in place into the LLM or the vision tower.
+
+LoRA: ``W + (alpha/r) B A`` beside frozen linears, B = 0 at start; ``use_dora`` adds DoRA's learned
+magnitude. IA3: learned rescaling vectors (ones at start) on keys, values and the feed-forward.
+``merge_adapters`` folds them into the base weights for export.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
+
+from torch import nn
 
 from vlgraft.errors import ConfigError
+from vlgraft.methods.base import Method
 from vlgraft.registry import METHOD
+
+
+def _target(vlm, target: str, method: str) -> nn.Module:
+    if target not in ("llm", "vision"):
+        raise ConfigError(f"{method}: target must be 'llm' or 'vision', got {target!r}")
+    return vlm.llm.model if target == "llm" else vlm.vision
+
+
+def _inject(conf, module: nn.Module, method: str) -> None:
+    from peft import inject_adapter_in_model
+
+    try:
+        inject_adapter_in_model(conf, module)
+    except ValueError as e:
+        raise ConfigError(f"{method}: {str(e).splitlines()[0]}") from None
 
 
 @dataclass
@@ -15,26 +39,67 @@ class LoraOptions:
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     target: str = "llm"  # llm | vision
+    use_dora: bool = False
+    layers: Optional[list[int]] = None  # only these block indices (negative: from the top); null: all
 
 
 @METHOD.register("lora")
-class LoRA:
-    """Injects peft LoRA layers in place, so parameter names stay ``...q_proj.lora_A.default.weight``."""
+class LoRA(Method):
+    """Parameter names stay peft's: ``...q_proj.lora_A.default.weight``."""
 
     Config = LoraOptions
 
-    def __init__(self, cfg: LoraOptions):
-        self.cfg = cfg
+    def apply(self, vlm) -> None:
+        from peft import LoraConfig
+
+        c = self.cfg
+        layers = None
+        if c.layers is not None:
+            from vlgraft.methods.base import decoder_layers
+
+            n = len(decoder_layers(vlm.llm.model)) if c.target == "llm" else len(vlm.vision.transformer_layers())
+            bad = [i for i in c.layers if not -n <= i < n]
+            if bad or not n:
+                raise ConfigError(f"lora: layers {bad or c.layers} out of range for {n} blocks")
+            layers = sorted({i % n for i in c.layers})
+        conf = LoraConfig(r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout, target_modules=list(c.target_modules),
+                          use_dora=c.use_dora, layers_to_transform=layers)
+        _inject(conf, _target(vlm, c.target, "lora"), "lora")
+
+
+@dataclass
+class IA3Options:
+    target_modules: list[str] = field(default_factory=lambda: ["k_proj", "v_proj", "down_proj"])
+    feedforward_modules: Optional[list[str]] = field(default_factory=lambda: ["down_proj"])
+    target: str = "llm"
+
+
+@METHOD.register("ia3")
+class IA3(Method):
+    Config = IA3Options
 
     def apply(self, vlm) -> None:
-        from peft import LoraConfig, inject_adapter_in_model
+        from peft import IA3Config
 
-        if self.cfg.target not in ("llm", "vision"):
-            raise ConfigError(f"lora: target must be 'llm' or 'vision', got {self.cfg.target!r}")
-        module = vlm.llm.model if self.cfg.target == "llm" else vlm.vision
-        conf = LoraConfig(r=self.cfg.r, lora_alpha=self.cfg.alpha, lora_dropout=self.cfg.dropout,
-                          target_modules=list(self.cfg.target_modules))
-        try:
-            inject_adapter_in_model(conf, module)
-        except ValueError as e:
-            raise ConfigError(f"lora: {str(e).splitlines()[0]}") from None
+        c = self.cfg
+        ff = list(c.feedforward_modules or [])
+        if not set(ff) <= set(c.target_modules):
+            raise ConfigError(f"ia3: feedforward_modules {ff} must be a subset of target_modules {c.target_modules}")
+        _inject(IA3Config(target_modules=list(c.target_modules), feedforward_modules=ff),
+                _target(vlm, c.target, "ia3"), "ia3")
+
+
+def merge_adapters(root: nn.Module) -> int:
+    """Fold every peft LoRA/DoRA/IA3 layer under ``root`` into its base layer and put the base layer
+    back in its place. Returns how many layers were merged."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    merged = 0
+    for name, mod in list(root.named_modules()):
+        if isinstance(mod, BaseTunerLayer) and name:
+            mod.merge()
+            parent_name, _, child = name.rpartition(".")
+            parent = root.get_submodule(parent_name) if parent_name else root
+            setattr(parent, child, mod.get_base_layer())
+            merged += 1
+    return merged

@@ -117,6 +117,13 @@ class HFVisionEncoder(VisionEncoder):
     def weights_id(self) -> str:
         return f"hf:{self.model_id}"
 
+    def transformer_layers(self) -> list[nn.Module]:
+        """The tower's encoder blocks (for methods that insert modules before attention)."""
+        for _, mod in self.model.named_modules():
+            if isinstance(mod, nn.ModuleList) and len(mod) and any(hasattr(mod[0], n) for n in ("self_attn", "attention")):
+                return list(mod)
+        return []
+
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         kw = {"interpolate_pos_encoding": True} if self.image_size != self.native_size else {}
         out = self.model(pixel_values=pixels.to(self.model.dtype), output_hidden_states=True, **kw)

@@ -10,12 +10,19 @@ from vlgraft.config import Recipe
 from vlgraft.connectors import build_connector
 from vlgraft.errors import VlgraftError
 from vlgraft.methods import apply_methods
+from vlgraft.methods.attention import uses_bool_mask
 from vlgraft.models.llm import LanguageModel, build_llm
 from vlgraft.models.vision import VisionEncoder, build_vision
 
 # Token id marking one visual position in ``input_ids``; each image expands to ``num_image_tokens``
 # of them at tokenisation time, so sequence lengths (and truncation) are exact before the forward.
 IMAGE_TOKEN_ID = -200
+
+
+class _ContextHolder:
+    """Plain holder of the current batch's ``MethodContext`` (methods keep a reference to it)."""
+
+    ctx = None
 
 
 class VLM(nn.Module):
@@ -25,7 +32,20 @@ class VLM(nn.Module):
         self.connector = connector
         self.llm = llm
         self.recipe = recipe
-        self.num_image_tokens = connector.output_tokens(vision.num_tokens)
+        self.ctx_holder = _ContextHolder()
+        self.methods: list = []  # applied Method objects, in recipe order
+        self.method_params: dict[str, list[str]] = {}  # method name (and name.group) -> parameter names/patterns
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Visual tokens spliced into the sequence per image (0 when a method takes the image instead)."""
+        if any(m.consumes_visual for m in self.methods):
+            return 0
+        return self.connector.output_tokens(self.vision.num_tokens)
+
+    @property
+    def ctx(self):
+        return self.ctx_holder.ctx
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, source: str = "recipe") -> "VLM":
@@ -40,6 +60,11 @@ class VLM(nn.Module):
     def vision_trainable(self) -> bool:
         return any(p.requires_grad for p in self.vision.parameters())
 
+    def vision_cacheable(self) -> bool:
+        """Cached features equal the encoder's output: it neither trains nor carries method modules."""
+        return not self.vision_trainable() and not any(
+            n.startswith("vision.") for names in self.method_params.values() for n in names)
+
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``[B, 3, S, S] -> [B, N, Dv]``; no graph is kept when the encoder is frozen."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.vision_trainable()):
@@ -52,6 +77,44 @@ class VLM(nn.Module):
         if image_features is None:
             return None
         return self.connector(image_features)
+
+    def prepare(self, input_ids, attention_mask=None, pixel_values=None, image_features=None, has_image=None,
+                labels=None, position_ids=None, segment_ids=None) -> dict:
+        """Everything before the LLM's layers: encode and connect images, set the methods' context,
+        splice visual tokens, put method prefixes (soft prompts, MMA's modality token) in front and
+        shift masks, labels and positions to match."""
+        visual = self.visual_embeds(pixel_values, image_features)
+        b = input_ids.shape[0]
+        n_img = 0 if visual is None else visual.shape[0]
+        if has_image is None:
+            if self.num_image_tokens:
+                has_image = (input_ids == IMAGE_TOKEN_ID).any(1)
+            elif n_img in (0, b):
+                has_image = torch.full((b,), bool(n_img), dtype=torch.bool, device=input_ids.device)
+            else:
+                raise VlgraftError(f"{n_img} images for {b} samples: pass has_image to say which samples have one")
+        if int(has_image.sum()) != n_img:
+            raise VlgraftError(f"batch marks {int(has_image.sum())} samples as having an image but has {n_img} images")
+        from vlgraft.methods.base import MethodContext
+
+        self.ctx_holder.ctx = MethodContext(visual=visual, has_image=has_image)
+        embeds = self.embed_inputs(input_ids, visual if self.num_image_tokens else None)
+        prefixes = [p for m in self.methods if (p := m.prefix_embeds(self, self.ctx, b)) is not None]
+        if prefixes:
+            pre = torch.cat([p.to(embeds.dtype) for p in prefixes], dim=1)  # [B, P, Dl]
+            n = pre.shape[1]
+            embeds = torch.cat([pre, embeds], dim=1)
+            ones = torch.ones(b, n, dtype=torch.long, device=embeds.device)
+            if attention_mask is not None:
+                attention_mask = torch.cat([ones.to(attention_mask.dtype), attention_mask], dim=1)
+            if labels is not None:
+                labels = torch.cat([torch.full_like(ones, -100), labels], dim=1)
+            if position_ids is not None:
+                position_ids = torch.cat([torch.arange(n, device=embeds.device).expand(b, -1), position_ids + n], 1)
+            if segment_ids is not None:
+                segment_ids = torch.cat([torch.zeros_like(ones), segment_ids], dim=1)
+        return {"embeds": embeds, "attention_mask": attention_mask, "labels": labels,
+                "position_ids": position_ids, "segment_ids": segment_ids}
 
     def embed_inputs(self, input_ids: torch.Tensor, visual: torch.Tensor | None) -> torch.Tensor:
         """Text embeddings with the visual tokens written at the ``IMAGE_TOKEN_ID`` positions, in order."""
@@ -83,20 +146,21 @@ class VLM(nn.Module):
         allowed = causal & ((k == 0) | (k == q)) & (k >= 0)
         allowed |= torch.eye(t, dtype=torch.bool, device=segment_ids.device)
         allowed = allowed[:, None]  # [B, 1, T, T]
-        if self.llm.model.config._attn_implementation == "sdpa":
+        if uses_bool_mask(self.llm.model.config):
             return allowed
         return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
     def forward(self, input_ids, attention_mask, labels=None, pixel_values=None, image_features=None,
-                position_ids=None, segment_ids=None):
+                position_ids=None, segment_ids=None, has_image=None):
         """``position_ids``/``segment_ids`` come with packed independent turns (see ``segment_mask``).
         With ``labels``: ``{"loss_sum", "n_tokens"}`` — cross-entropy summed over labelled positions,
         computed only there (the LM head over the vocabulary is a large share of the FLOPs and most
         positions carry no label). Without: ``{"logits"}`` for every position."""
-        visual = self.visual_embeds(pixel_values, image_features)
-        embeds = self.embed_inputs(input_ids, visual)
-        if segment_ids is not None:
-            attention_mask = self.segment_mask(segment_ids, embeds.dtype)
+        x = self.prepare(input_ids, attention_mask, pixel_values, image_features, has_image, labels,
+                         position_ids, segment_ids)
+        embeds, attention_mask, labels, position_ids = x["embeds"], x["attention_mask"], x["labels"], x["position_ids"]
+        if x["segment_ids"] is not None:
+            attention_mask = self.segment_mask(x["segment_ids"], embeds.dtype)
         out = self.llm.model.base_model(inputs_embeds=embeds, attention_mask=attention_mask,
                                         position_ids=position_ids, use_cache=False)
         hidden = out.last_hidden_state  # [B, T, Dl]
@@ -109,14 +173,14 @@ class VLM(nn.Module):
         return {"loss_sum": loss_sum, "n_tokens": int(sel.sum())}
 
     @torch.no_grad()
-    def generate(self, input_ids, attention_mask, pixel_values=None, image_features=None,
+    def generate(self, input_ids, attention_mask, pixel_values=None, image_features=None, has_image=None,
                  max_new_tokens: int = 32, streamer=None, **kw) -> torch.Tensor:
         """Greedy (by default) generation with the KV cache; ``input_ids`` left-padded. Returns new tokens."""
-        visual = self.visual_embeds(pixel_values, image_features)
-        embeds = self.embed_inputs(input_ids, visual)
+        kw.pop("position_ids", None), kw.pop("segment_ids", None)
+        x = self.prepare(input_ids, attention_mask, pixel_values, image_features, has_image)
         tok = self.llm.tokenizer
         return self.llm.model.generate(
-            inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+            inputs_embeds=x["embeds"], attention_mask=x["attention_mask"], max_new_tokens=max_new_tokens,
             do_sample=kw.pop("do_sample", False), eos_token_id=self.llm.stop_token_ids,
             pad_token_id=tok.pad_token_id, streamer=streamer, **kw)
 

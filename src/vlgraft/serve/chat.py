@@ -37,7 +37,8 @@ class ChatSession:
         tok = self.vlm.llm.tokenizer
         streamer = _Streamer(tok, stream) if stream is not None else None
         with autocast(self.device, self.precision):
-            new = self.vlm.generate(ids, torch.ones_like(ids), image_features=self.features,
+            has = torch.tensor([self.features is not None], device=self.device)
+            new = self.vlm.generate(ids, torch.ones_like(ids), image_features=self.features, has_image=has,
                                     max_new_tokens=self.max_new_tokens, streamer=streamer)
         answer = tok.decode(new[0], skip_special_tokens=True).strip()
         self.turns.append(("assistant", answer))

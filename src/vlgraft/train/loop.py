@@ -98,6 +98,30 @@ def print_split(model, console: Console) -> None:
     console.print(t)
 
 
+def print_methods(model, console: Console) -> None:
+    """Parameters per method and per module (the first two levels under the method's anchor)."""
+    import fnmatch
+
+    if not getattr(model, "method_params", None):
+        return
+    params = dict(model.named_parameters())
+    t = Table(title="methods")
+    for col in ("method", "module", "tensors", "parameters", "trainable"):
+        t.add_column(col, justify="left" if col in ("method", "module") else "right")
+    for mname, pats in model.method_params.items():
+        names = [n for n in params if any(fnmatch.fnmatchcase(n, p) for p in pats)]
+        by_mod: dict[str, list[str]] = {}
+        for n in names:
+            parts = n.split(".")
+            kind = next((x for x in parts if x.startswith(("vlgraft_", "lora_", "ia3_")) or "norm" in x), parts[0])
+            where = "vision" if n.startswith("vision.") else "llm" if n.startswith("llm.") else parts[0]
+            by_mod.setdefault(f"{where}: {kind}", []).append(n)
+        for mod, ns in sorted(by_mod.items()):
+            t.add_row(mname, mod, str(len(ns)), f"{sum(params[n].numel() for n in ns):,}",
+                      f"{sum(params[n].numel() for n in ns if params[n].requires_grad):,}")
+    console.print(t)
+
+
 def _check_resume_recipe(saved: dict, now: dict, prefix: str = "") -> list[str]:
     diffs = []
     for k in set(saved) | set(now):
@@ -141,7 +165,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, source:
 
     # Data: validate and tokenise everything before any output is written.
     records = load_records(recipe.data.train, recipe.data.image_root, recipe.data.limit)
-    use_cache = tc.feature_cache and not vlm.vision_trainable()
+    use_cache = tc.feature_cache and vlm.vision_cacheable()
     cache = FeatureCache(vlm.vision, tc.precision) if use_cache else None
     images = [(r.image, r.where) for r in records if r.image is not None]
     if cache is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import logging
 import math
 
 import torch
@@ -12,10 +13,21 @@ from vlgraft.config import ParamGroup, Recipe
 from vlgraft.errors import ConfigError
 
 COMPONENTS = ("vision", "connector", "llm")
+log = logging.getLogger(__name__)
 
 
-def _patterns(g: ParamGroup) -> list[str]:
-    return [f"{p}.*" if p in COMPONENTS else p for p in g.params]
+def _patterns(g: ParamGroup, methods: dict[str, list[str]]) -> list[str]:
+    """Group entries -> fnmatch patterns: a component name means all its parameters, a method name
+    (or ``method.group``) the parameters that method created or claims."""
+    out = []
+    for p in g.params:
+        if p in COMPONENTS:
+            out.append(f"{p}.*")
+        elif p in methods:
+            out += methods[p]
+        else:
+            out.append(p)
+    return out
 
 
 def resolve_groups(model: nn.Module, groups: list[ParamGroup]) -> list[tuple[ParamGroup, list[tuple[str, nn.Parameter]]]]:
@@ -24,7 +36,8 @@ def resolve_groups(model: nn.Module, groups: list[ParamGroup]) -> list[tuple[Par
     Trainable parameters are kept in fp32. Raises if a parameter matches two groups or a group matches nothing, so the trainable set is
     exactly what the recipe says."""
     members: list[list[tuple[str, nn.Parameter]]] = [[] for _ in groups]
-    pats = [_patterns(g) for g in groups]
+    methods = getattr(model, "method_params", {})
+    pats = [_patterns(g, methods) for g in groups]
     for name, p in model.named_parameters():
         hits = [i for i, ps in enumerate(pats) if any(fnmatch.fnmatchcase(name, pat) for pat in ps)]
         if len(hits) > 1:
@@ -34,6 +47,12 @@ def resolve_groups(model: nn.Module, groups: list[ParamGroup]) -> list[tuple[Par
         if hits:
             p.data = p.data.float()  # fp32 master weights for what trains, whatever the frozen dtype
             members[hits[0]].append((name, p))
+    trained = {n for m in members for n, _ in m}
+    for mname, names in methods.items():
+        idle = [n for n in names if "*" not in n and n not in trained]
+        if idle and "." not in mname:
+            log.warning("method %s: %d of its %d parameter tensors are in no trainable group (frozen), e.g. %s",
+                        mname, len(idle), len(names), idle[0])
     for g, m in zip(groups, members):
         if not m:
             raise ConfigError(f"trainable group '{g.name}' matches no parameter (patterns {g.params})")

@@ -1,0 +1,142 @@
+"""Every parameter-efficient method, and GIT-LLM's module study, on the bundled default task at an
+equal budget (same steps, batch, data order): trainable parameters, samples/s, peak memory, final
+train loss, held-out loss, easy-VQA test accuracy; loss curves as PNG.
+
+    python benchmarks/methods.py --steps 60 --eval-limit 1000 --loss-records 100 \
+        --out benchmarks/results/methods_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import read_metrics, run_cli, write_json  # noqa: E402
+
+ATTN = "[q_proj, k_proj, v_proj, o_proj]"
+
+
+def groups(*gs: tuple[str, str, float]) -> str:
+    return "trainable=[" + ", ".join(f"{{name: {n}, params: [{p}], lr: {lr}}}" for n, p, lr in gs) + "]"
+
+
+CONN = ("connector", "connector", 2e-3)
+# name -> (recipe, overrides, family)
+VARIANTS: dict[str, tuple[str, list[str], str]] = {
+    "lora": ("recipes/default.yaml", [], "methods"),
+    "dora": ("recipes/default.yaml", [f"methods=[{{name: lora, r: 16, alpha: 32, use_dora: true, target_modules: {ATTN}}}]",
+                                      groups(CONN, ("lora", "lora", 1e-3))], "methods"),
+    "ia3": ("recipes/default.yaml", ["methods=[{name: ia3, target_modules: [k_proj, v_proj, down_proj], "
+                                     "feedforward_modules: [down_proj]}]", groups(CONN, ("ia3", "ia3", 5e-3))], "methods"),
+    "adapter-serial": ("recipes/default.yaml", ["methods=[{name: bottleneck_adapter, mode: serial, bottleneck: 32}]",
+                                                groups(CONN, ("adapter", "bottleneck_adapter", 1e-3))], "methods"),
+    "adapter-parallel": ("recipes/default.yaml", ["methods=[{name: bottleneck_adapter, mode: parallel, bottleneck: 32}]",
+                                                  groups(CONN, ("adapter", "bottleneck_adapter", 1e-3))], "methods"),
+    "prompt-tuning": ("recipes/default.yaml", ["methods=[{name: prompt_tuning, num_virtual_tokens: 10}]",
+                                               groups(CONN, ("prompts", "prompt_tuning", 3e-3))], "methods"),
+    "prefix-tuning": ("recipes/default.yaml", ["methods=[{name: prefix_tuning, num_virtual_tokens: 10}]",
+                                               groups(CONN, ("prefix", "prefix_tuning", 3e-3))], "methods"),
+    "llama-adapter-v1": ("recipes/llama_adapter_v1.yaml", [], "methods"),
+    "llama-adapter-v2": ("recipes/llama_adapter_v2.yaml", [], "methods"),
+    "mma": ("recipes/lavin_mma.yaml", [], "methods"),
+    # GIT-LLM module study: GIT projection always trained, plus one module
+    "Proj": ("recipes/git_llm.yaml", ["methods=[{name: select, modules: [proj]}]",
+                                      groups(("projection", "select", 1e-3))], "git"),
+    "Proj+LoRA": ("recipes/git_llm.yaml", [], "git"),
+    "Proj+LLM": ("recipes/git_llm.yaml", ["methods=[{name: select, modules: [proj]}]",
+                                          groups(("projection", "select", 1e-3), ("llm", "llm", 1e-4))], "git"),
+    "Proj+ViT": ("recipes/git_llm.yaml", ["methods=[{name: select, modules: [proj]}]",
+                                          groups(("projection", "select", 1e-3), ("vision", "vision", 1e-4))], "git"),
+    "Proj+Head": ("recipes/git_llm.yaml", ["methods=[{name: select, modules: [proj, head]}]",
+                                           groups(("projection", "select", 1e-3))], "git"),
+}
+
+
+def trainable_params(run: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(run / "final" / "trainable.safetensors"), "pt") as f:
+        return sum(_prod(f.get_slice(k).get_shape()) for k in f.keys())
+
+
+def _prod(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for ax, fam, title in ((axes[0], "methods", "methods (equal budget)"), (axes[1], "git", "GIT-LLM module study")):
+        for name, r in results.items():
+            if r["family"] == fam:
+                ax.plot([p[0] for p in r["curve"]], [p[1] for p in r["curve"]], label=f"{name} ({100 * r['accuracy']:.1f}%)")
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("train loss (per answer token)")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--eval-limit", type=int, default=1000)
+    ap.add_argument("--loss-records", type=int, default=100)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--out", default="benchmarks/results/methods.json")
+    args = ap.parse_args()
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    work = Path(tempfile.mkdtemp(prefix="vlgraft-methods-"))
+    for name in args.variants.split(","):
+        recipe, ovs, family = VARIANTS[name]
+        run = work / name.replace("+", "_")
+        o = [*ovs, f"train.batch_size={args.batch}", f"train.max_steps={args.steps}", f"train.output_dir={run}",
+             "train.log_every=5", "train.save_every=null"]
+        tr = run_cli(["train", recipe, "--overwrite", *[x for kv in o for x in ("-o", kv)]], work, log=work / f"{run.name}.log")
+        ev_path = work / f"{run.name}-eval.json"
+        ev_run = run_cli(["eval", str(run), "--limit", str(args.eval_limit), "--loss-records", str(args.loss_records),
+                          "--out", str(ev_path)], work, log=work / f"{run.name}-eval.log")
+        ev = json.loads(ev_path.read_text())
+        m = read_metrics(run)
+        sps = [r["samples_per_s"] for r in m[1:]] or [m[0]["samples_per_s"]]
+        results[name] = {
+            "family": family, "recipe": recipe, "overrides": o, "steps": args.steps, "batch": args.batch,
+            "trainable_params": trainable_params(run), "samples_per_s": sum(sps) / len(sps),
+            "peak_rss_mb": tr["max_rss_mb"], "final_train_loss": m[-1]["loss"], "val_loss": ev["val_loss"],
+            "accuracy": ev["accuracy"], "by_type": {k: v["accuracy"] for k, v in ev["by_type"].items()},
+            "eval_questions": ev["n"], "train_wall_s": tr["wall_s"], "eval_wall_s": ev_run["wall_s"],
+            "curve": [(r["step"], r["loss"]) for r in m],
+        }
+        r = results[name]
+        print(f"{name:<18} params {r['trainable_params']:>11,}  {r['samples_per_s']:.2f} samples/s  "
+              f"RSS {r['peak_rss_mb'] / 1024:.1f} GB  train {r['final_train_loss']:.4f}  val {r['val_loss']:.4f}  "
+              f"acc {100 * r['accuracy']:.2f}%", flush=True)
+        write_json(out, results)
+        plot(results, out.with_suffix(".png"))
+    print(f"\n| variant | trainable params | samples/s | peak RSS (GB) | final train loss | held-out loss | accuracy | yes/no | colour | shape |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        b = r["by_type"]
+        print(f"| {name} | {r['trainable_params']:,} | {r['samples_per_s']:.2f} | {r['peak_rss_mb'] / 1024:.1f} | "
+              f"{r['final_train_loss']:.4f} | {r['val_loss']:.4f} | {100 * r['accuracy']:.2f}% | "
+              f"{100 * b.get('yes/no', 0):.1f}% | {100 * b.get('color', 0):.1f}% | {100 * b.get('shape', 0):.1f}% |")
+    print(f"\nwrote {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Bottleneck adapters (down-project, nonlinearity, up-project), attached with forward hooks.
+
+``serial`` (Houlsby): the adapter transforms a sublayer's output, ``y + up(act(down(y)))``.
+``parallel`` (He et al.): the adapter reads the sublayer's *input* and its output is added,
+``y + up(act(down(x)))``. Up-projections start at zero, so step 0 is the frozen model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from vlgraft.errors import ConfigError
+from vlgraft.methods.base import Method, attention_of, decoder_layers, ffn_of
+from vlgraft.registry import METHOD
+
+_ACTS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "identity": nn.Identity}
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, dim: int, bottleneck: int, act: str = "relu", scale: float = 1.0, dropout: float = 0.0):
+        super().__init__()
+        self.down = nn.Linear(dim, bottleneck)
+        self.act = _ACTS[act]()
+        self.drop = nn.Dropout(dropout)
+        self.up = nn.Linear(bottleneck, dim)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.drop(self.act(self.down(x.to(self.down.weight.dtype))))) * self.scale
+
+
+def _first(args, kwargs, key="hidden_states"):
+    return kwargs[key] if key in kwargs else args[0]
+
+
+def _add_to_output(output, delta):
+    if isinstance(output, tuple):
+        return (output[0] + delta.to(output[0].dtype), *output[1:])
+    return output + delta.to(output.dtype)
+
+
+def _out_tensor(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def attach(in_mod: nn.Module, out_mod: nn.Module, adapter: Bottleneck, mode: str) -> None:
+    """Hook ``adapter`` around the sublayer that starts at ``in_mod`` and ends at ``out_mod``."""
+    if mode == "serial":
+        out_mod.register_forward_hook(lambda m, a, o: _add_to_output(o, adapter(_out_tensor(o))))
+        return
+    if in_mod is out_mod:
+        in_mod.register_forward_hook(lambda m, a, kw, o: _add_to_output(o, adapter(_first(a, kw))), with_kwargs=True)
+        return
+    stash = {}
+    in_mod.register_forward_pre_hook(lambda m, a, kw: stash.__setitem__("x", _first(a, kw)), with_kwargs=True)
+    out_mod.register_forward_hook(lambda m, a, o: _add_to_output(o, adapter(stash.pop("x"))))
+
+
+@dataclass
+class BottleneckOptions:
+    mode: str = "serial"  # serial (Houlsby) | parallel
+    placement: list[str] = field(default_factory=lambda: ["attn", "ffn"])  # attn and/or ffn sublayers
+    bottleneck: int = 64
+    act: str = "relu"
+    scale: float = 1.0
+    dropout: float = 0.0
+
+
+@METHOD.register("bottleneck_adapter")
+class BottleneckAdapter(Method):
+    Config = BottleneckOptions
+
+    def apply(self, vlm) -> None:
+        c = self.cfg
+        if c.mode not in ("serial", "parallel"):
+            raise ConfigError(f"bottleneck_adapter: mode must be 'serial' or 'parallel', got {c.mode!r}")
+        bad = set(c.placement) - {"attn", "ffn"}
+        if bad or not c.placement:
+            raise ConfigError(f"bottleneck_adapter: placement must list 'attn' and/or 'ffn', got {c.placement}")
+        if c.act not in _ACTS:
+            raise ConfigError(f"bottleneck_adapter: act must be one of {sorted(_ACTS)}, got {c.act!r}")
+        dim = vlm.llm.hidden_size
+        for layer in decoder_layers(vlm.llm.model):
+            for where in c.placement:
+                ad = Bottleneck(dim, c.bottleneck, c.act, c.scale, c.dropout)
+                layer.add_module(f"vlgraft_adapter_{where}", ad)
+                if where == "attn":
+                    attn = attention_of(layer)
+                    attach(attn, attn, ad, c.mode)
+                else:
+                    attach(*ffn_of(layer), ad, c.mode)

@@ -1,0 +1,79 @@
+"""One attention function for every model, through transformers' attention interface.
+
+``enable(model)`` registers the ``vlgraft`` attention implementation (SDPA underneath, same masks)
+and switches the model to it, so no model's attention class is copied. An attention module may
+then carry:
+
+* ``vlgraft_prefix``: callable ``(module, query) -> (keys, values)`` of shape ``[B, Hkv, P, D]``,
+  prepended to the layer's keys/values and attended through the *same* softmax (prefix tuning);
+* ``vlgraft_gated``: list of callables ``(module, query, scaling) -> [B, T, H, D]`` added to the
+  attention output before the output projection (LLaMA-Adapter's separately-softmaxed, gated
+  adaptation prompts).
+
+With neither attached the result is the plain SDPA result, bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+
+NAME = "vlgraft"
+_registered = False
+
+
+def _register() -> None:
+    global _registered
+    if _registered:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(NAME, attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+    _registered = True
+
+
+def uses_bool_mask(config) -> bool:
+    """Whether the model's attention takes boolean (SDPA-style) 4-D masks rather than additive ones."""
+    return config._attn_implementation in ("sdpa", NAME)
+
+
+def enable(model) -> None:
+    _register()
+    if model.config._attn_implementation == NAME:
+        return
+    if model.config._attn_implementation not in ("sdpa", "eager"):
+        from vlgraft.errors import ConfigError
+
+        raise ConfigError(f"methods that hook attention need the 'sdpa' or 'eager' implementation, "
+                          f"not {model.config._attn_implementation!r}")
+    model.set_attn_implementation(NAME)
+
+
+def _extend_mask(mask, b: int, t: int, s: int, p: int, device) -> torch.Tensor:
+    """The layer's mask with ``p`` always-visible columns in front (prefix keys)."""
+    if mask is None:  # SDPA's implicit causal mask, aligned to the end (cached keys come first)
+        mask = torch.ones(t, s, dtype=torch.bool, device=device).tril(s - t)[None, None]
+    if mask.dtype == torch.bool:
+        extra = torch.ones(*mask.shape[:-1], p, dtype=torch.bool, device=device)
+    else:
+        extra = torch.zeros(*mask.shape[:-1], p, dtype=mask.dtype, device=device)
+    return torch.cat([extra, mask], dim=-1).expand(b, -1, -1, -1) if mask.shape[0] == 1 else torch.cat([extra, mask], -1)
+
+
+def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None, **kw):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    prefix = getattr(module, "vlgraft_prefix", None)
+    if prefix is not None:
+        pk, pv = prefix(module, query)
+        b, _, t, _ = query.shape
+        attention_mask = _extend_mask(attention_mask, b, t, key.shape[2], pk.shape[2], query.device)
+        key = torch.cat([pk.to(key.dtype), key], dim=2)
+        value = torch.cat([pv.to(value.dtype), value], dim=2)
+        is_causal = False
+    out, weights = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                          scaling=scaling, is_causal=is_causal, **kw)
+    for extra in getattr(module, "vlgraft_gated", ()):
+        out = out + extra(module, query, scaling).to(out.dtype)
+    return out, weights

@@ -1,0 +1,183 @@
+"""LLaMA-Adapter V1 and V2 on any causal LM, through the attention interface (methods/attention.py).
+
+V1: K learnable adaptation prompts in each of the top L layers. The layer's queries attend to the
+prompts' keys/values (the layer's own frozen k/v projections, no rotary embedding) through a
+*separate* softmax; the result is scaled per head by ``tanh(g)``, g initialised to 0, and added to
+the attention output before the output projection — at step 0 the model is the frozen LLM.
+Multimodal V1: the global image feature (mean of the connector's output) is added to every prompt;
+the image does not enter the token sequence.
+
+V2 adds: unfrozen norms; a learnable bias (0) and scale (1) on every linear layer of the LLM,
+``y = scale * (W x + bias)``; early fusion — the visual tokens are attended from the first
+``fusion_layers`` layers with their own zero-initialised gates while the static prompts stay in the
+top layers; and two disjoint parameter groups for joint training, referable in recipes as
+``llama_adapter_v2.image`` (connector, fusion gates) and ``llama_adapter_v2.language`` (prompts,
+their gates, norms, bias/scale).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlgraft.errors import ConfigError
+from vlgraft.methods.base import (Method, attention_of, decoder_layers, enable_attention_hooks, is_norm,
+                                  linear_layers, num_heads, project_kv)
+from vlgraft.registry import METHOD
+
+
+def _proj_dtype(attn: nn.Module) -> torch.dtype:
+    proj = getattr(attn, "k_proj", None) or getattr(attn, "c_attn")
+    return proj.weight.dtype
+
+
+class GatedPrompt(nn.Module):
+    """Extra tokens attended through their own softmax, gated per head by ``tanh(gate)`` (gate = 0)."""
+
+    def __init__(self, holder, n_heads: int, n_prompt: int = 0, hidden: int = 0, source: str = "static",
+                 init_std: float = 0.02):
+        super().__init__()
+        self.holder = holder  # VLM's context holder (plain object, not a submodule)
+        self.source = source  # static | static+global | visual
+        self.gate = nn.Parameter(torch.zeros(n_heads))
+        if source != "visual":
+            self.prompt = nn.Parameter(torch.randn(n_prompt, hidden) * init_std)
+
+    def tokens(self, batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Prompt tokens ``[B, K, hidden]`` and a per-sample keep mask ``[B]`` (None: all)."""
+        ctx = self.holder.ctx
+        if self.source == "visual":
+            vis = ctx.visual_per_sample() if ctx is not None else None
+            return (None, None) if vis is None else (vis, ctx.has_image)
+        p = self.prompt.unsqueeze(0).expand(batch, -1, -1)
+        if self.source == "static+global" and ctx is not None and ctx.visual is not None:
+            p = p + ctx.visual_per_sample().mean(1, keepdim=True).to(p.dtype)  # zero for text-only samples
+        return p, None
+
+    def forward(self, attn: nn.Module, query: torch.Tensor, scaling: Optional[float]) -> torch.Tensor:
+        b, h, t, d = query.shape
+        toks, keep = self.tokens(b)
+        if toks is None:
+            return query.new_zeros(b, t, h, d)
+        key, value = project_kv(attn, toks.to(_proj_dtype(attn)))
+        rep = h // key.shape[1]
+        key, value = key.repeat_interleave(rep, 1).to(query.dtype), value.repeat_interleave(rep, 1).to(query.dtype)
+        scale = scaling if scaling is not None else 1 / math.sqrt(d)
+        probs = F.softmax((query @ key.transpose(-1, -2)).float() * scale, dim=-1).to(query.dtype)
+        out = (probs @ value) * torch.tanh(self.gate).to(query.dtype).view(1, h, 1, 1)
+        if keep is not None:
+            out = out * keep.to(out.dtype).view(b, 1, 1, 1)
+        return out.transpose(1, 2)
+
+
+def _attach(attn: nn.Module, name: str, module: GatedPrompt) -> None:
+    attn.add_module(name, module)
+    gated = list(getattr(attn, "vlgraft_gated", ()))
+    gated.append(module)
+    attn.vlgraft_gated = gated
+
+
+class BiasScale(nn.Module):
+    """``y = scale * (y + bias)`` on a linear layer's output; bias 0, scale 1 at start."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(width))
+        self.scale = nn.Parameter(torch.ones(width))
+
+    def hook(self, module, args, output):
+        return (self.scale * (output + self.bias)).to(output.dtype)
+
+
+@dataclass
+class LlamaAdapterOptions:
+    prompt_len: int = 10  # K adaptation prompts per adapted layer
+    layers: Optional[int] = None  # top L layers get prompts (null: all)
+    multimodal: bool = True  # add the global image feature to every prompt (V1's visual path)
+    init_std: float = 0.02
+
+
+@METHOD.register("llama_adapter")
+class LlamaAdapter(Method):
+    Config = LlamaAdapterOptions
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.consumes_visual = cfg.multimodal
+
+    def _top_layers(self, vlm, n: Optional[int]) -> list[nn.Module]:
+        layers = list(decoder_layers(vlm.llm.model))
+        n = len(layers) if n is None else n
+        if not 0 < n <= len(layers):
+            raise ConfigError(f"{self.name}: layers must be 1..{len(layers)}, got {n}")
+        return layers[len(layers) - n:]
+
+    def _add_prompts(self, vlm, source: str) -> None:
+        hidden = vlm.llm.hidden_size
+        for layer in self._top_layers(vlm, self.cfg.layers):
+            attn = attention_of(layer)
+            _attach(attn, "vlgraft_prompt", GatedPrompt(vlm.ctx_holder, num_heads(attn)[0], self.cfg.prompt_len,
+                                                        hidden, source, self.cfg.init_std))
+
+    def apply(self, vlm) -> None:
+        enable_attention_hooks(vlm.llm.model)
+        self._add_prompts(vlm, "static+global" if self.cfg.multimodal else "static")
+
+
+@dataclass
+class LlamaAdapterV2Options:
+    prompt_len: int = 10
+    layers: Optional[int] = None  # top L layers get static prompts (null: all but the fusion layers)
+    fusion_layers: int = 1  # first layers that attend to the visual tokens (early fusion)
+    bias_scale: bool = True
+    unfreeze_norms: bool = True
+    init_std: float = 0.02
+
+
+@METHOD.register("llama_adapter_v2")
+class LlamaAdapterV2(LlamaAdapter):
+    Config = LlamaAdapterV2Options
+    consumes_visual = True
+
+    def __init__(self, cfg):
+        Method.__init__(self, cfg)
+
+    def apply(self, vlm) -> None:
+        model = vlm.llm.model
+        enable_attention_hooks(model)
+        layers = list(decoder_layers(model))
+        f = self.cfg.fusion_layers
+        if not 0 < f <= len(layers):
+            raise ConfigError(f"llama_adapter_v2: fusion_layers must be 1..{len(layers)}, got {f}")
+        n_top = self.cfg.layers if self.cfg.layers is not None else len(layers) - f
+        if n_top:
+            self._add_prompts_v2(vlm, layers[len(layers) - n_top:])
+        for layer in layers[:f]:
+            attn = attention_of(layer)
+            _attach(attn, "vlgraft_visual", GatedPrompt(vlm.ctx_holder, num_heads(attn)[0], source="visual"))
+        if self.cfg.bias_scale:
+            head = model.get_output_embeddings()
+            for name, lin in linear_layers(model, exclude=(head,)):
+                width = lin.weight.shape[0] if isinstance(lin, nn.Linear) else lin.weight.shape[1]
+                bs = BiasScale(width).to(device=lin.weight.device)
+                lin.add_module("vlgraft_bias_scale", bs)
+                lin.register_forward_hook(bs.hook)
+        if self.cfg.unfreeze_norms:
+            self.claims += [f"llm.model.{n}.{p}" for n, m in model.named_modules() if is_norm(m)
+                            for p, _ in m.named_parameters(recurse=False)]
+
+    def _add_prompts_v2(self, vlm, layers) -> None:
+        for layer in layers:
+            attn = attention_of(layer)
+            _attach(attn, "vlgraft_prompt", GatedPrompt(vlm.ctx_holder, num_heads(attn)[0], self.cfg.prompt_len,
+                                                        vlm.llm.hidden_size, "static", self.cfg.init_std))
+
+    def split_groups(self, created: list[str]) -> None:
+        image = [n for n in created if ".vlgraft_visual." in n]
+        self.groups = {"image": ["connector.*", *image],
+                       "language": [n for n in created if n not in image] + self.claims}

@@ -1,0 +1,119 @@
+"""Mixture-of-Modality Adapters (LaVIN).
+
+A learnable modality token (one embedding for text-only, one for image-text samples) is placed first
+in every sequence. Before each attention layer, the normalised hidden states pass through two
+adapters sharing a down-projection; a router reads the hidden state at position 0 (the modality
+token), applies softmax(router(h0) / temperature) and mixes the two adapters' outputs:
+``x + s * (w0 * up0(down(x)) + w1 * up1(down(x)))``. Up-projections start at zero, so at step 0 the
+LLM computes exactly what it computes with the modality token in front. Routes are computed at
+prefill and kept for decoding steps (position 0 is not in a decode step's input).
+
+Vision side: transformer towers get plain (unrouted) adapters before attention — every vision input
+is an image; CNN towers get one on the features entering the connector (the visual neck). Either
+way the encoder's output changes while training, so the feature cache is not used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlgraft.errors import ConfigError
+from vlgraft.methods.adapters import Bottleneck, _first
+from vlgraft.methods.base import Method, attention_of, decoder_layers
+from vlgraft.registry import METHOD
+
+
+class RoutedAdapter(nn.Module):
+    def __init__(self, holder, dim: int, bottleneck: int, temperature: float, scale: float):
+        super().__init__()
+        self.holder = holder
+        self.down = nn.Linear(dim, bottleneck)
+        self.up = nn.ModuleList([nn.Linear(bottleneck, dim) for _ in range(2)])
+        for u in self.up:
+            nn.init.zeros_(u.weight)
+            nn.init.zeros_(u.bias)
+        self.router = nn.Linear(dim, 2)
+        self.temperature = temperature
+        self.scale = scale
+
+    def routes(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, 2]`` mixing weights from the modality token's hidden state, computed once per batch."""
+        ctx = self.holder.ctx
+        store = ctx.store if ctx is not None else {}
+        key = ("mma", id(self))
+        if key not in store:
+            h0 = x[:, 0].to(self.router.weight.dtype)
+            store[key] = F.softmax(self.router(h0) / self.temperature, dim=-1)
+        return store[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.routes(x)
+        z = self.down(x.to(self.down.weight.dtype))
+        mixed = w[:, 0, None, None] * self.up[0](z) + w[:, 1, None, None] * self.up[1](z)
+        return x + (self.scale * mixed).to(x.dtype)
+
+
+def _pre_hook(adapter):
+    def hook(module, args, kwargs):
+        if "hidden_states" in kwargs:
+            kwargs = {**kwargs, "hidden_states": adapter(kwargs["hidden_states"])}
+        else:
+            args = (adapter(args[0]), *args[1:])
+        return args, kwargs
+    return hook
+
+
+class _Plain(nn.Module):
+    def __init__(self, dim: int, bottleneck: int, scale: float):
+        super().__init__()
+        self.adapter = Bottleneck(dim, bottleneck, act="identity", scale=scale)
+
+    def forward(self, x):
+        return x + self.adapter(x).to(x.dtype)
+
+
+@dataclass
+class MMAOptions:
+    bottleneck: int = 8  # LaVIN's adapter width
+    temperature: float = 10.0
+    scale: float = 1.0
+    vision: bool = True  # also adapt the vision side (tower layers, or the neck of a CNN tower)
+
+
+@METHOD.register("mma")
+class MMA(Method):
+    Config = MMAOptions
+
+    def apply(self, vlm) -> None:
+        if self.cfg.temperature <= 0:
+            raise ConfigError("mma: temperature must be > 0")
+        dim = vlm.llm.hidden_size
+        self.embedding = nn.Embedding(2, dim)  # 0: text-only, 1: image-text
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        vlm.add_module("mma_modality", self.embedding)
+        for layer in decoder_layers(vlm.llm.model):
+            ad = RoutedAdapter(vlm.ctx_holder, dim, self.cfg.bottleneck, self.cfg.temperature, self.cfg.scale)
+            layer.add_module("vlgraft_mma", ad)
+            attention_of(layer).register_forward_pre_hook(_pre_hook(ad), with_kwargs=True)
+        if self.cfg.vision:
+            self._vision(vlm)
+
+    def _vision(self, vlm) -> None:
+        tower_layers = vlm.vision.transformer_layers() if hasattr(vlm.vision, "transformer_layers") else None
+        if tower_layers:
+            for layer in tower_layers:
+                attn = attention_of(layer)
+                ad = _Plain(vlm.vision.embed_dim, self.cfg.bottleneck, self.cfg.scale)
+                layer.add_module("vlgraft_mma", ad)
+                attn.register_forward_pre_hook(_pre_hook(ad), with_kwargs=True)
+        else:  # CNN tower: one adapter on the visual neck (the connector's input)
+            ad = _Plain(vlm.vision.embed_dim, self.cfg.bottleneck, self.cfg.scale)
+            vlm.add_module("mma_neck", ad)  # beside, not inside, the connector: its own parameter group
+            vlm.connector.register_forward_pre_hook(lambda m, a: (ad(a[0]), *a[1:]))
+
+    def prefix_embeds(self, vlm, ctx, batch: int) -> torch.Tensor:
+        return self.embedding(ctx.has_image.long()).unsqueeze(1)  # [B, 1, Dl]

@@ -1,0 +1,108 @@
+"""P*-tuning: soft prompts (prompt tuning) and per-layer key/value prefixes (prefix tuning).
+
+Parameters are peft's own modules (``PromptEmbedding``, ``PrefixEncoder``); where they enter the
+model is vlgraft's, since the VLM builds ``inputs_embeds`` itself: soft prompts are placed before the
+sequence by ``VLM.prepare``, prefixes are prepended to every layer's keys/values inside the shared
+attention function (same softmax as the sequence), so they work with packed turns and the KV cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from vlgraft.errors import ConfigError
+from vlgraft.methods.base import Method, attention_of, decoder_layers, enable_attention_hooks, head_dim, num_heads
+from vlgraft.registry import METHOD
+
+
+@dataclass
+class PromptTuningOptions:
+    num_virtual_tokens: int = 20
+    init_text: Optional[str] = None  # initialise from this text's token embeddings (repeated to length)
+
+
+@METHOD.register("prompt_tuning")
+class PromptTuning(Method):
+    Config = PromptTuningOptions
+
+    def apply(self, vlm) -> None:
+        from peft import PromptTuningConfig
+        from peft.tuners.prompt_tuning import PromptEmbedding
+
+        n = self.cfg.num_virtual_tokens
+        if n < 1:
+            raise ConfigError("prompt_tuning: num_virtual_tokens must be >= 1")
+        emb = vlm.llm.model.get_input_embeddings()
+        conf = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=n, token_dim=vlm.llm.hidden_size,
+                                  num_transformer_submodules=1)
+        module = PromptEmbedding(conf, emb)
+        with torch.no_grad():
+            if self.cfg.init_text:
+                ids = vlm.llm.tokenizer(self.cfg.init_text, add_special_tokens=False).input_ids
+                if not ids:
+                    raise ConfigError("prompt_tuning: init_text tokenises to nothing")
+                ids = (ids * (n // len(ids) + 1))[:n]
+            else:  # sampled vocabulary embeddings: the scale the LM expects
+                ids = torch.randint(0, emb.num_embeddings, (n,), generator=torch.Generator().manual_seed(0)).tolist()
+            module.embedding.weight.copy_(emb.weight[torch.tensor(ids)].float())
+        module.embedding.weight.data = module.embedding.weight.data.float()
+        vlm.add_module("prompt_tuning", module)
+        self.module = module
+
+    def prefix_embeds(self, vlm, ctx, batch: int) -> torch.Tensor:
+        idx = torch.arange(self.cfg.num_virtual_tokens, device=self.module.embedding.weight.device)
+        return self.module(idx).unsqueeze(0).expand(batch, -1, -1)
+
+
+@dataclass
+class PrefixTuningOptions:
+    num_virtual_tokens: int = 20
+    projection: bool = False  # reparameterise through an MLP (Li & Liang); off: direct key/value tables
+    encoder_hidden_size: int = 512
+
+
+@METHOD.register("prefix_tuning")
+class PrefixTuning(Method):
+    Config = PrefixTuningOptions
+
+    def apply(self, vlm) -> None:
+        from peft import PrefixTuningConfig
+        from peft.tuners.prefix_tuning import PrefixEncoder
+
+        model = vlm.llm.model
+        enable_attention_hooks(model)
+        layers = list(decoder_layers(model))
+        attn0 = attention_of(layers[0])
+        self.kv_heads, self.dim = num_heads(attn0)[1], head_dim(attn0)
+        conf = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=self.cfg.num_virtual_tokens,
+                                  token_dim=self.kv_heads * self.dim, num_layers=len(layers),
+                                  num_transformer_submodules=1, prefix_projection=self.cfg.projection,
+                                  encoder_hidden_size=self.cfg.encoder_hidden_size)
+        enc = PrefixEncoder(conf)
+        if not self.cfg.projection:
+            nn.init.normal_(enc.embedding.weight, std=0.02)
+        vlm.add_module("prefix_tuning", enc)
+        self.encoder, self.holder = enc, vlm.ctx_holder
+        for i, layer in enumerate(layers):
+            attention_of(layer).vlgraft_prefix = self._make(i)
+
+    def _table(self, device) -> torch.Tensor:
+        """``[L, 2, Hkv, P, D]`` for the current batch (computed once per forward)."""
+        store = self.holder.ctx.store if self.holder.ctx is not None else {}
+        key = ("prefix", id(self))
+        if key not in store:
+            p = self.cfg.num_virtual_tokens
+            out = self.encoder(torch.arange(p, device=device).unsqueeze(0))[0]  # [P, L*2*Hkv*D]
+            store[key] = out.view(p, -1, 2, self.kv_heads, self.dim).permute(1, 2, 3, 0, 4)
+        return store[key]
+
+    def _make(self, i: int):
+        def prefix(module, query):
+            t = self._table(query.device)[i]  # [2, Hkv, P, D]
+            b = query.shape[0]
+            return t[0].unsqueeze(0).expand(b, -1, -1, -1), t[1].unsqueeze(0).expand(b, -1, -1, -1)
+        return prefix
