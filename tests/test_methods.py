@@ -257,3 +257,21 @@ def test_lora_on_chosen_layers_only(tiny_recipe):
     vlm = _build(tiny_recipe("llama"), [{"name": "lora", "r": 2, "target_modules": ["q_proj"], "layers": [-1]}])
     names = vlm.method_params["lora"]
     assert names and all(".layers.1." in n for n in names)
+
+
+def test_lora_on_vision_tower(tiny_recipe, tiny_data):
+    spec = {"name": "lora", "r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"], "target": "vision"}
+    base = _build(tiny_recipe("llama"), [])
+    vlm = _build(tiny_recipe("llama"), [spec])
+    names = vlm.method_params["lora"]
+    assert names and all(n.startswith("vision.") and ".lora_" in n for n in names)
+    assert not vlm.vision_cacheable()  # cached features would be the base tower's
+    batch = collate_records(vlm, load_llava_json(tiny_data)[:2])
+    with torch.no_grad():
+        assert torch.equal(vlm.encode_images(batch["pixel_values"]), base.encode_images(batch["pixel_values"]))
+    out = vlm(**batch)
+    (out["loss_sum"] / out["n_tokens"]).backward()
+    # feature_layer -2: the tower's first block feeds the features, the last one does not
+    grads = {n: p.grad for n, p in vlm.named_parameters() if n in names and "lora_B" in n}
+    assert all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if ".layers.0." in n)
+    assert all(g is None for n, g in grads.items() if ".layers.1." in n)
