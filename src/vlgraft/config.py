@@ -48,8 +48,14 @@ class LLMConfig:
 
 @dataclass
 class ConnectorConfig:
-    name: str = _f("mlp", "registered connector: linear | mlp | git")
+    name: str = _f("mlp", "registered connector: linear | mlp | git | resampler | pool")
     hidden_dim: Optional[int] = _f(None, "mlp: hidden width (null: the LLM's hidden size)")
+    num_queries: int = _f(16, "resampler: number M of learned queries (visual tokens sent to the LLM)")
+    num_heads: int = _f(8, "resampler: attention heads (must divide the LLM's hidden size)")
+    grid: int = _f(2, "pool: output grid side (grid x grid tokens) for mode 'avg'; "
+                   "'shuffle' merges grid x grid neighbours into one token")
+    mode: str = _f("avg", "pool: 'avg' (average-pool to grid x grid) or 'shuffle' (pixel-shuffle / neighbour "
+                   "concat, MiniGPT-v2)")
 
 
 @dataclass

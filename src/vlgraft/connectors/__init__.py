@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from vlgraft.config import ConnectorConfig
-from vlgraft.connectors import git, linear, mlp  # noqa: F401  (registration)
+from vlgraft.connectors import git, linear, mlp, pool, resampler  # noqa: F401  (registration)
 from vlgraft.registry import CONNECTOR
 
 
