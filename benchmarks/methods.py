@@ -27,7 +27,8 @@ def groups(*gs: tuple[str, str, float]) -> str:
 CONN = ("connector", "connector", 2e-3)
 # name -> (recipe, overrides, family)
 VARIANTS: dict[str, tuple[str, list[str], str]] = {
-    "lora": ("recipes/default.yaml", [], "methods"),
+    "lora": ("recipes/default.yaml", [f"methods=[{{name: lora, r: 16, alpha: 32, target_modules: {ATTN}}}]",
+                                      groups(CONN, ("lora", "lora", 1e-3))], "methods"),
     "dora": ("recipes/default.yaml", [f"methods=[{{name: lora, r: 16, alpha: 32, use_dora: true, target_modules: {ATTN}}}]",
                                       groups(CONN, ("lora", "lora", 1e-3))], "methods"),
     "ia3": ("recipes/default.yaml", ["methods=[{name: ia3, target_modules: [k_proj, v_proj, down_proj], "
