@@ -129,7 +129,7 @@ def main() -> None:
               f"acc {100 * r['accuracy']:.2f}%", flush=True)
         write_json(out, results)
         plot(results, out.with_suffix(".png"))
-    print(f"\n| variant | trainable params | samples/s | peak RSS (GB) | final train loss | held-out loss | accuracy | yes/no | colour | shape |")
+    print("\n| variant | trainable params | samples/s | peak RSS (GB) | final train loss | held-out loss | accuracy | yes/no | colour | shape |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         b = r["by_type"]

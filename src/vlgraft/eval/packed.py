@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from vlgraft.methods.attention import uses_bool_mask
 from vlgraft.data.conversation import _encode, _segments, common_prefix_len
 
 
@@ -73,9 +72,7 @@ def generate_packed(vlm, batch: dict, n_questions: list[int], max_new_tokens: in
         # new tokens attend to the prefix, their own question's tokens (prompt and generated) and themselves
         allowed = torch.cat([(kv_seg[:, None, :] == 0) | (kv_seg[:, None, :] == new_seg[:, :, None]),
                              eye[None].expand(b, -1, -1)], dim=-1)[:, None]  # [B, 1, G, L + G]
-        mask = allowed if uses_bool_mask(model.config) else torch.zeros(
-            allowed.shape, dtype=embeds.dtype, device=dev).masked_fill(~allowed, torch.finfo(embeds.dtype).min)
-        out = model.base_model(inputs_embeds=vlm.llm.embed(nxt), attention_mask=mask, position_ids=next_pos,
+        out = model.base_model(inputs_embeds=vlm.llm.embed(nxt), attention_mask=vlm.attention_mask_from(allowed, embeds.dtype), position_ids=next_pos,
                                past_key_values=cache, use_cache=True)
         nxt = vlm._lm_head(out.last_hidden_state).argmax(-1)
         kv_seg = torch.cat([kv_seg, new_seg], dim=1)

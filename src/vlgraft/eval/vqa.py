@@ -135,7 +135,7 @@ def evaluate(vlm, data_spec: str, turns: str = "conversation", batch_size: int =
     cache = FeatureCache(vlm.vision, precision) if use_cache and vlm.vision_cacheable() else None
     if cache is not None:
         cache.fill([(it["record"].image, it["record"].where) for it in items if it["record"].image], device)
-    val_loss = None
+    val_loss, recs = None, []
     if loss_records:
         recs = list({id(it["record"]): it["record"] for it in items}.values())[:loss_records]
         val_loss = heldout_loss(vlm, recs, turns, max_length, cache, max(1, batch_size // 8), precision, device)
@@ -159,7 +159,7 @@ def evaluate(vlm, data_spec: str, turns: str = "conversation", batch_size: int =
     }
     if val_loss is not None:
         result["val_loss"] = val_loss
-        result["val_loss_records"] = min(loss_records, len({it["record"].id for it in items}))
+        result["val_loss_records"] = len(recs)
     table = Table(title=f"exact match on {data_spec}")
     for col in ("answer type", "questions", "correct", "accuracy"):
         table.add_column(col, justify="left" if col == "answer type" else "right")

@@ -58,7 +58,8 @@ def _extend_mask(mask, b: int, t: int, s: int, p: int, device) -> torch.Tensor:
         extra = torch.ones(*mask.shape[:-1], p, dtype=torch.bool, device=device)
     else:
         extra = torch.zeros(*mask.shape[:-1], p, dtype=mask.dtype, device=device)
-    return torch.cat([extra, mask], dim=-1).expand(b, -1, -1, -1) if mask.shape[0] == 1 else torch.cat([extra, mask], -1)
+    out = torch.cat([extra, mask], dim=-1)
+    return out.expand(b, -1, -1, -1) if out.shape[0] == 1 else out
 
 
 def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None, **kw):

@@ -106,9 +106,9 @@ class LlamaAdapterOptions:
 class LlamaAdapter(Method):
     Config = LlamaAdapterOptions
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.consumes_visual = cfg.multimodal
+    @property
+    def consumes_visual(self) -> bool:
+        return self.cfg.multimodal
 
     def _top_layers(self, vlm, n: Optional[int]) -> list[nn.Module]:
         layers = list(decoder_layers(vlm.llm.model))
@@ -117,16 +117,17 @@ class LlamaAdapter(Method):
             raise ConfigError(f"{self.name}: layers must be 1..{len(layers)}, got {n}")
         return layers[len(layers) - n:]
 
-    def _add_prompts(self, vlm, source: str) -> None:
+    def _add_prompts(self, vlm, n: Optional[int], source: str) -> None:
+        """Gated static prompts (plus the global image feature for ``static+global``) in the top n layers."""
         hidden = vlm.llm.hidden_size
-        for layer in self._top_layers(vlm, self.cfg.layers):
+        for layer in self._top_layers(vlm, n):
             attn = attention_of(layer)
             _attach(attn, "vlgraft_prompt", GatedPrompt(vlm.ctx_holder, num_heads(attn)[0], self.cfg.prompt_len,
                                                         hidden, source, self.cfg.init_std))
 
     def apply(self, vlm) -> None:
         enable_attention_hooks(vlm.llm.model)
-        self._add_prompts(vlm, "static+global" if self.cfg.multimodal else "static")
+        self._add_prompts(vlm, self.cfg.layers, "static+global" if self.cfg.multimodal else "static")
 
 
 @dataclass
@@ -142,11 +143,7 @@ class LlamaAdapterV2Options:
 @METHOD.register("llama_adapter_v2")
 class LlamaAdapterV2(LlamaAdapter):
     Config = LlamaAdapterV2Options
-    consumes_visual = True
-
-    def __init__(self, cfg):
-        Method.__init__(self, cfg)
-
+    consumes_visual = True  # early fusion: visual tokens are attended as gated prompts
     def apply(self, vlm) -> None:
         model = vlm.llm.model
         enable_attention_hooks(model)
@@ -156,7 +153,7 @@ class LlamaAdapterV2(LlamaAdapter):
             raise ConfigError(f"llama_adapter_v2: fusion_layers must be 1..{len(layers)}, got {f}")
         n_top = self.cfg.layers if self.cfg.layers is not None else len(layers) - f
         if n_top:
-            self._add_prompts_v2(vlm, layers[len(layers) - n_top:])
+            self._add_prompts(vlm, n_top, "static")
         for layer in layers[:f]:
             attn = attention_of(layer)
             _attach(attn, "vlgraft_visual", GatedPrompt(vlm.ctx_holder, num_heads(attn)[0], source="visual"))
@@ -170,12 +167,6 @@ class LlamaAdapterV2(LlamaAdapter):
         if self.cfg.unfreeze_norms:
             self.claims += [f"llm.model.{n}.{p}" for n, m in model.named_modules() if is_norm(m)
                             for p, _ in m.named_parameters(recurse=False)]
-
-    def _add_prompts_v2(self, vlm, layers) -> None:
-        for layer in layers:
-            attn = attention_of(layer)
-            _attach(attn, "vlgraft_prompt", GatedPrompt(vlm.ctx_holder, num_heads(attn)[0], self.cfg.prompt_len,
-                                                        vlm.llm.hidden_size, "static", self.cfg.init_std))
 
     def split_groups(self, created: list[str]) -> None:
         image = [n for n in created if ".vlgraft_visual." in n]

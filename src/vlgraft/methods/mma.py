@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlgraft.errors import ConfigError
-from vlgraft.methods.adapters import Bottleneck, _first
+from vlgraft.methods.adapters import Bottleneck
 from vlgraft.methods.base import Method, attention_of, decoder_layers
 from vlgraft.registry import METHOD
 

@@ -49,7 +49,6 @@ class PromptTuning(Method):
             else:  # sampled vocabulary embeddings: the scale the LM expects
                 ids = torch.randint(0, emb.num_embeddings, (n,), generator=torch.Generator().manual_seed(0)).tolist()
             module.embedding.weight.copy_(emb.weight[torch.tensor(ids)].float())
-        module.embedding.weight.data = module.embedding.weight.data.float()
         vlm.add_module("prompt_tuning", module)
         self.module = module
 

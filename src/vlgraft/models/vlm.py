@@ -11,6 +11,7 @@ from vlgraft.connectors import build_connector
 from vlgraft.errors import VlgraftError
 from vlgraft.methods import apply_methods
 from vlgraft.methods.attention import uses_bool_mask
+from vlgraft.methods.base import MethodContext
 from vlgraft.models.llm import LanguageModel, build_llm
 from vlgraft.models.vision import VisionEncoder, build_vision
 
@@ -95,8 +96,6 @@ class VLM(nn.Module):
                 raise VlgraftError(f"{n_img} images for {b} samples: pass has_image to say which samples have one")
         if int(has_image.sum()) != n_img:
             raise VlgraftError(f"batch marks {int(has_image.sum())} samples as having an image but has {n_img} images")
-        from vlgraft.methods.base import MethodContext
-
         self.ctx_holder.ctx = MethodContext(visual=visual, has_image=has_image)
         embeds = self.embed_inputs(input_ids, visual if self.num_image_tokens else None)
         prefixes = [p for m in self.methods if (p := m.prefix_embeds(self, self.ctx, b)) is not None]
@@ -145,7 +144,10 @@ class VLM(nn.Module):
         causal = torch.ones(t, t, dtype=torch.bool, device=segment_ids.device).tril()
         allowed = causal & ((k == 0) | (k == q)) & (k >= 0)
         allowed |= torch.eye(t, dtype=torch.bool, device=segment_ids.device)
-        allowed = allowed[:, None]  # [B, 1, T, T]
+        return self.attention_mask_from(allowed[:, None], dtype)  # [B, 1, T, T]
+
+    def attention_mask_from(self, allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """A boolean "may attend" mask in the form the LLM's attention takes: as is for SDPA, additive otherwise."""
         if uses_bool_mask(self.llm.model.config):
             return allowed
         return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
@@ -176,7 +178,6 @@ class VLM(nn.Module):
     def generate(self, input_ids, attention_mask, pixel_values=None, image_features=None, has_image=None,
                  max_new_tokens: int = 32, streamer=None, **kw) -> torch.Tensor:
         """Greedy (by default) generation with the KV cache; ``input_ids`` left-padded. Returns new tokens."""
-        kw.pop("position_ids", None), kw.pop("segment_ids", None)
         x = self.prepare(input_ids, attention_mask, pixel_values, image_features, has_image)
         tok = self.llm.tokenizer
         return self.llm.model.generate(

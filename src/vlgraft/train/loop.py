@@ -100,7 +100,7 @@ def print_split(model, console: Console) -> None:
 
 def print_methods(model, console: Console) -> None:
     """Parameters per method and per module (the first two levels under the method's anchor)."""
-    import fnmatch
+    from vlgraft.methods.base import match_names
 
     if not getattr(model, "method_params", None):
         return
@@ -109,7 +109,7 @@ def print_methods(model, console: Console) -> None:
     for col in ("method", "module", "tensors", "parameters", "trainable"):
         t.add_column(col, justify="left" if col in ("method", "module") else "right")
     for mname, pats in model.method_params.items():
-        names = [n for n in params if any(fnmatch.fnmatchcase(n, p) for p in pats)]
+        names = match_names(list(params), pats)
         by_mod: dict[str, list[str]] = {}
         for n in names:
             parts = n.split(".")
