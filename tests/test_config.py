@@ -50,7 +50,7 @@ def test_help_lists_every_key():
 def test_registry_unknown_and_duplicate():
     import vlgraft.connectors  # noqa: F401
 
-    with pytest.raises(UnknownNameError, match=r"unknown connector 'mpl' \(did you mean 'mlp'\?\); known: git, linear, mlp, pool, resampler"):
+    with pytest.raises(UnknownNameError, match=r"unknown connector 'mpl' \(did you mean 'mlp'\?\); known: git, linear, mlp, patch_mining, pool, prompt_projection, resampler"):
         CONNECTOR.get("mpl")
     reg = Registry("thing")
     reg.register("a")(1)

@@ -121,3 +121,21 @@ def test_truncation_never_cuts_visual_tokens(smol, caplog):
     rec2 = Record("r10", "x.png", [("user", "<image>\nq"), ("assistant", "ok " * 80)], source="record 'r10'")
     ex = tokenize_conversation(rec2, smol, 4, 40)
     assert len(ex["input_ids"]) == 40 and "record 'r10': truncated" in caplog.text
+
+
+def test_easyvqa_balanced_split_removes_the_wording_prior():
+    """In easy-VQA the wording gives yes/no answers away ~82% of the time; train-balanced evens every
+    (negated?, answer) pair and keeps every colour/shape question."""
+    from collections import Counter
+
+    from vlgraft.data.formats.easyvqa import _negated
+    from vlgraft.data.records import load_records
+
+    full, bal = load_records("easyvqa:train"), load_records("easyvqa:train-balanced")
+    def pairs(recs):
+        return [(q, a) for r in recs for (_, q), (_, a) in zip(r.turns[::2], r.turns[1::2])]
+    groups = Counter((_negated(q), a) for q, a in pairs(bal) if a in ("yes", "no"))
+    for neg in (False, True):
+        assert abs(groups[(neg, "yes")] - groups[(neg, "no")]) < 0.05 * groups[(neg, "yes")]
+    assert sum(a not in ("yes", "no") for _, a in pairs(bal)) == sum(a not in ("yes", "no") for _, a in pairs(full))
+    assert [(q, a) for q, a in pairs(bal)] == [(q, a) for q, a in pairs(load_records("easyvqa:train-balanced"))]

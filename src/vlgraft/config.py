@@ -34,7 +34,14 @@ class VisionConfig:
                             "for EfficientNet -1 is the head conv (1280 ch), k>=0 the output of block k")
     grid: Optional[int] = _f(None, "average-pool the patch tokens to grid x grid tokens; null keeps all")
     image_size: Optional[int] = _f(None, "input resolution in pixels; null uses the encoder's native size")
-    keep_cls: bool = _f(False, "HF towers: keep the [CLS] token in front of the patch tokens")
+    feature_layers: Optional[list[int]] = _f(None, "several layers at once (same numbering as feature_layer), "
+                                             "merged by layer_merge; overrides feature_layer (LaVIN / "
+                                             "LLaMA-Adapter multi-scale features)")
+    layer_merge: str = _f("channels", "how feature_layers combine: channels (concatenate widths; token counts "
+                          "must match) | tokens (one token sequence after another; widths must match)")
+    tokens: str = _f("patch", "which tokens: patch (all patch tokens, or pooled to grid) | cls (one global "
+                     "token: [CLS], or the mean of the patches for towers without one) | cls+patch | "
+                     "embed (an image-text pair's projected embedding, one token; for TOMGPT text-only training)")
 
 
 @dataclass
@@ -48,8 +55,10 @@ class LLMConfig:
 
 @dataclass
 class ConnectorConfig:
-    name: str = _f("mlp", "registered connector: linear | mlp | git | resampler | pool")
-    hidden_dim: Optional[int] = _f(None, "mlp: hidden width (null: the LLM's hidden size)")
+    name: str = _f("mlp", "registered connector: linear | mlp | git | resampler | pool | prompt_projection | "
+                   "patch_mining")
+    hidden_dim: Optional[int] = _f(None, "mlp, patch_mining: hidden width (null: the LLM's hidden size; "
+                                   "patch_mining's mining width: the low-res feature width)")
     num_queries: int = _f(16, "resampler: number M of learned queries (visual tokens sent to the LLM)")
     num_heads: int = _f(8, "resampler: attention heads (must divide the LLM's hidden size)")
     grid: int = _f(2, "pool: output grid side (grid x grid tokens) for mode 'avg'; "
@@ -119,6 +128,8 @@ class Recipe:
                              "e.g. {name: lora, r: 16, alpha: 32, target_modules: [q_proj, v_proj]}")
     trainable: list[ParamGroup] = _f(factory=lambda: [ParamGroup(name="connector", params=["connector"], lr=1e-3)],
                                      help="parameter groups that train; everything else is frozen")
+    vision_hr: Optional[VisionConfig] = _f(None, "a second, high-resolution image encoder (Mini-Gemini); used by "
+                                           "the patch_mining connector")
     data: DataConfig = _f(factory=DataConfig, help="data")
     train: TrainConfig = _f(factory=TrainConfig, help="training loop")
     eval: EvalConfig = _f(factory=EvalConfig, help="evaluation")

@@ -94,7 +94,7 @@ def _single_turns(rec: Record) -> list[list[tuple[str, str]]]:
     system = [(r, t) for r, t in rec.turns if r == "system"]
     body = [(r, t) for r, t in rec.turns if r != "system"]
     lead = ""
-    if rec.image is not None:
+    if rec.has_image:
         first = body[0][1]
         k = first.index(IMAGE_PLACEHOLDER) + len(IMAGE_PLACEHOLDER)
         if first[k: k + 1] == "\n":
@@ -114,7 +114,8 @@ def tokenize_independent(rec: Record, llm: LanguageModel, n_img: int, max_length
     inference — while the image is encoded and attended once per sequence, and no answer can be
     read off an earlier pair's text.
     """
-    singles = [tokenize_conversation(Record(rec.id, rec.image, t, source=rec.where), llm, n_img, 10**9)
+    singles = [tokenize_conversation(Record(rec.id, rec.image, t, source=rec.where, image_text=rec.image_text),
+                                     llm, n_img, 10**9)
                for t in _single_turns(rec)]
     ids0 = singles[0]["input_ids"]
     p = common_prefix_len([s["input_ids"] for s in singles])
@@ -122,7 +123,7 @@ def tokenize_independent(rec: Record, llm: LanguageModel, n_img: int, max_length
     # from the previous segment's last position)
     while p > 0 and any(s["labels"][p] != IGNORE for s in singles if len(s["labels"]) > p):
         p -= 1
-    if rec.image is not None and IMAGE_TOKEN_ID in ids0[p:].tolist():
+    if rec.has_image and IMAGE_TOKEN_ID in ids0[p:].tolist():
         raise DataError(f"{rec.where}: questions do not share the image prefix; use data.turns=conversation")
     ids, labels, pos, seg = [ids0[:p]], [singles[0]["labels"][:p]], [torch.arange(p)], [torch.zeros(p, dtype=torch.long)]
     total, kept = p, 0

@@ -12,7 +12,11 @@ from vlgraft.data.records import Record
 
 
 def image_input(rec: Record, cache: FeatureCache | None, vision) -> dict:
-    """A record's image as cached features or as pixels (nothing for a text-only record)."""
+    """A record's image as cached features or as pixels (nothing for a text-only record); a TOMGPT
+    ``image_text`` as the paired text encoder's embedding, which stands in for image features."""
+    if rec.image_text is not None:
+        with torch.no_grad():
+            return {"image_features": vision.encode_text([rec.image_text])[0].float()}
     if rec.image is None:
         return {}
     if cache is not None:

@@ -2,7 +2,8 @@
 
 A record is ``{"id", "image"?, "conversations": [{"from": "human"|"gpt"|"system", "value": str}, ...]}``.
 An image-text record has exactly one ``<image>`` placeholder in its turns; a text-only record has
-none. Every check names the file and the record.
+none. For TOMGPT-style text-only training a record may carry ``image_text`` instead of ``image``: a
+text that the paired text encoder of a CLIP-style model embeds in the image's place. Every check names the file and the record.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ class Record:
     turns: list[tuple[str, str]]  # (role in user|assistant|system, text)
     meta: dict = field(default_factory=dict)
     source: str = ""  # "file:record" for error messages
+    image_text: str | None = None  # TOMGPT: a text standing in for the image (encoded by the paired text tower)
+
+    @property
+    def has_image(self) -> bool:
+        return self.image is not None or self.image_text is not None
 
     @property
     def where(self) -> str:
@@ -54,8 +60,15 @@ def parse_record(raw: dict, index: int, source: str, image_root: Path | None) ->
     if "assistant" not in body:
         raise DataError(f"{where}: no gpt turn, nothing to learn or evaluate")
     n_ph = sum(text.count(IMAGE_PLACEHOLDER) for _, text in turns)
-    image = raw.get("image")
-    if image is None:
+    image, image_text = raw.get("image"), raw.get("image_text")
+    if image_text is not None:
+        if image is not None:
+            raise DataError(f"{where}: has both 'image' and 'image_text' (one stands for the other)")
+        if not isinstance(image_text, str) or not image_text.strip():
+            raise DataError(f"{where}: 'image_text' must be a non-empty string")
+        if n_ph != 1:
+            raise DataError(f"{where}: has an 'image_text' but {n_ph} {IMAGE_PLACEHOLDER} placeholders (need exactly 1)")
+    elif image is None:
         if n_ph:
             raise DataError(f"{where}: has an {IMAGE_PLACEHOLDER} placeholder but no 'image'")
     else:
@@ -71,8 +84,8 @@ def parse_record(raw: dict, index: int, source: str, image_root: Path | None) ->
         if not p.is_file():
             raise DataError(f"{where}: image file not found: {p}")
         image = str(p)
-    meta = {k: v for k, v in raw.items() if k not in ("id", "image", "conversations")}
-    return Record(id=rid, image=image, turns=turns, meta=meta, source=where)
+    meta = {k: v for k, v in raw.items() if k not in ("id", "image", "image_text", "conversations")}
+    return Record(id=rid, image=image, turns=turns, meta=meta, source=where, image_text=image_text)
 
 
 def load_llava_json(path: str | Path, image_root: str | Path | None = None, limit: int | None = None) -> list[Record]:

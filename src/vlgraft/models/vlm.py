@@ -50,9 +50,9 @@ class VLM(nn.Module):
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, source: str = "recipe") -> "VLM":
-        vision = build_vision(recipe.vision)
+        vision = build_vision(recipe.vision, recipe.vision_hr)
         llm = build_llm(recipe.llm)
-        connector = build_connector(recipe.connector, vision.embed_dim, llm.hidden_size)
+        connector = build_connector(recipe.connector, vision.embed_dim, llm.hidden_size, vision)
         vlm = cls(vision, connector, llm, recipe)
         apply_methods(vlm, recipe.methods, source)
         return vlm

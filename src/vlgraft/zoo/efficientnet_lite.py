@@ -44,23 +44,34 @@ class EfficientNetLite(VisionEncoder):
         del self.net._fc, self.net._dropout  # classifier is unused
         self.image_size = cfg.image_size or 224
         n_blocks = len(self.net._blocks)
-        layer = cfg.feature_layer
-        if layer != -1 and not 0 <= layer < n_blocks:
-            raise VlgraftError(f"vision.feature_layer for {name} must be -1 (head) or a block index 0..{n_blocks - 1}")
-        # Shapes depend on the layer and resolution: read them off one dummy forward.
+        for layer in self.layers:
+            if layer != -1 and not 0 <= layer < n_blocks:
+                raise VlgraftError(f"vision feature layer {layer} for {name} must be -1 (head) or a block index 0..{n_blocks - 1}")
+        if cfg.tokens == "embed":
+            raise VlgraftError(f"vision.tokens: embed needs an image-text pair (CLIP / SigLIP); {name} is an image classifier")
+        # Map sizes depend on the layer and resolution: read them off one dummy forward.
         with torch.no_grad():
-            probe = self.encode(torch.zeros(1, 3, self.image_size, self.image_size))
-        self.native_tokens, self.embed_dim = probe.shape[1], probe.shape[2]
+            probe = self.layer_features(torch.zeros(1, 3, self.image_size, self.image_size))
+        self._shapes = [(p.shape[1], p.shape[2]) for _, p in probe]
 
     def weights_id(self) -> str:
         return f"{self.name}:{_weights_path(self.name).name}"
 
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+    def layer_shapes(self) -> list[tuple[int, int]]:
+        return self._shapes
+
+    def layer_features(self, pixels: torch.Tensor) -> list[tuple[None, torch.Tensor]]:
         net = self.net
+        want = set(self.layers)
+        maps: dict[int, torch.Tensor] = {}
         x = net._swish(net._bn0(net._conv_stem(pixels)))
-        last = self.cfg.feature_layer if self.cfg.feature_layer >= 0 else len(net._blocks) - 1
-        for block in net._blocks[: last + 1]:
+        last = max((k for k in want if k >= 0), default=-1)
+        for k, block in enumerate(net._blocks):
+            if -1 not in want and k > last:
+                break
             x = block(x)  # drop-connect is off: the encoder is used for features
-        if self.cfg.feature_layer == -1:
-            x = net._swish(net._bn1(net._conv_head(x)))
-        return x.flatten(2).transpose(1, 2)  # [B, C, h, w] -> [B, h*w, C]
+            if k in want:
+                maps[k] = x
+        if -1 in want:
+            maps[-1] = net._swish(net._bn1(net._conv_head(x)))
+        return [(None, maps[k].flatten(2).transpose(1, 2)) for k in self.layers]  # [B, C, h, w] -> [B, h*w, C]

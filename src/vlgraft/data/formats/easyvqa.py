@@ -25,25 +25,63 @@ def _question(q: str) -> str:
     return q[:1].upper() + q[1:]
 
 
+def _negated(q: str) -> bool:
+    return " not " in q or " no " in q
+
+
+def _balanced(by_image: dict[int, list[tuple[str, str]]], seed: int = 0) -> dict[int, list[tuple[str, str]]]:
+    """Keep every colour/shape question and a yes/no subset in which the answer no longer follows
+    from the wording: in easy-VQA a plain question ("is there a red shape?") is answered *no* and a
+    negated one *yes* about 82% of the time, and a model trained on all of them learns that prior
+    instead of looking at the image. The majority (wording, answer) pairs are subsampled to the
+    size of the minority ones, deterministically."""
+    import random
+
+    groups: dict[tuple[bool, str], int] = defaultdict(int)
+    for qas in by_image.values():
+        for q, a in qas:
+            if a in ("yes", "no"):
+                groups[(_negated(q), a)] += 1
+    keep_rate = {}
+    for neg in (False, True):
+        n_yes, n_no = groups[(neg, "yes")], groups[(neg, "no")]
+        small = min(n_yes, n_no)
+        keep_rate[(neg, "yes")] = small / n_yes if n_yes else 1.0
+        keep_rate[(neg, "no")] = small / n_no if n_no else 1.0
+    rng = random.Random(seed)
+    out = {}
+    for img in sorted(by_image):
+        kept = [(q, a) for q, a in by_image[img]
+                if a not in ("yes", "no") or rng.random() < keep_rate[(_negated(q), a)]]
+        if kept:
+            out[img] = kept
+    return out
+
+
 def _load(split: str):
     try:
         import easy_vqa
     except ImportError:
         raise DataError("dataset 'easyvqa' needs the PyPI package easy-vqa (pip install easy-vqa)") from None
-    if split == "train":
+    if split in ("train", "train-balanced"):
         return easy_vqa.get_train_questions(), easy_vqa.get_train_image_paths()
     if split == "test":
         return easy_vqa.get_test_questions(), easy_vqa.get_test_image_paths()
-    raise DataError(f"dataset 'easyvqa' has splits 'train' and 'test', not {split!r}")
+    raise DataError(f"dataset 'easyvqa' has splits 'train', 'train-balanced' and 'test', not {split!r}")
 
 
 @DATASET.register("easyvqa")
 def easyvqa(split: str) -> list[Record]:
-    """One record per image holding all its questions; ``meta["answer_types"]`` gives each question's type."""
+    """One record per image holding all its questions; ``meta["answer_types"]`` gives each question's type.
+
+    Splits: ``train``, ``test``, and ``train-balanced`` (``train`` with yes/no questions balanced so
+    that the wording does not give the answer away; see :func:`_balanced`)."""
     (questions, answers, image_ids), paths = _load(split)
     by_image: dict[int, list[tuple[str, str]]] = defaultdict(list)
     for q, a, img in zip(questions, answers, image_ids):
         by_image[img].append((q, a))
+    if split == "train-balanced":
+        by_image = _balanced(by_image)
     records = []
     for img in sorted(by_image):
         turns = []
