@@ -53,3 +53,40 @@ def write_json(path: Path, data) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
+
+
+def trainable_params(run: Path) -> int:
+    """Parameters in a run's final checkpoint (exactly the trainable ones)."""
+    from safetensors import safe_open
+
+    with safe_open(str(run / "final" / "trainable.safetensors"), "pt") as f:
+        total = 0
+        for k in f.keys():
+            n = 1
+            for s in f.get_slice(k).get_shape():
+                n *= s
+            total += n
+        return total
+
+
+def train_and_eval(name: str, recipe: str, overrides: list[str], work: Path, steps: int, batch: int,
+                   eval_limit: int, loss_records: int = 0) -> dict:
+    """Train ``recipe`` with ``overrides`` for ``steps`` x ``batch`` in a child process, evaluate on the
+    first ``eval_limit`` easy-VQA test questions, and return the figures the benchmark tables show."""
+    run = work / name.replace("+", "_").replace("@", "_").replace(" ", "_")
+    o = [*overrides, f"train.batch_size={batch}", f"train.max_steps={steps}", f"train.output_dir={run}",
+         "train.log_every=5", "train.save_every=null"]
+    tr = run_cli(["train", recipe, "--overwrite", *[x for kv in o for x in ("-o", kv)]], work, log=work / f"{run.name}.log")
+    ev_path = work / f"{run.name}-eval.json"
+    extra = ["--loss-records", str(loss_records)] if loss_records else []
+    ev_run = run_cli(["eval", str(run), "--limit", str(eval_limit), *extra, "--out", str(ev_path)], work,
+                     log=work / f"{run.name}-eval.log")
+    ev = json.loads(ev_path.read_text())
+    m = read_metrics(run)
+    sps = [r["samples_per_s"] for r in m[1:]] or [m[0]["samples_per_s"]]
+    return {"run": str(run), "recipe": recipe, "overrides": o, "steps": steps, "batch": batch,
+            "trainable_params": trainable_params(run), "samples_per_s": sum(sps) / len(sps),
+            "peak_rss_mb": tr["max_rss_mb"], "final_train_loss": m[-1]["loss"], "val_loss": ev.get("val_loss"),
+            "accuracy": ev["accuracy"], "by_type": {k: v["accuracy"] for k, v in ev["by_type"].items()},
+            "eval_questions": ev["n"], "train_wall_s": tr["wall_s"], "eval_wall_s": ev_run["wall_s"],
+            "curve": [(r["step"], r["loss"]) for r in m]}

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import read_metrics, run_cli, write_json  # noqa: E402
+from common import train_and_eval, write_json  # noqa: E402
 
 ATTN = "[q_proj, k_proj, v_proj, o_proj]"
 
@@ -57,20 +57,6 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
 }
 
 
-def trainable_params(run: Path) -> int:
-    from safetensors import safe_open
-
-    with safe_open(str(run / "final" / "trainable.safetensors"), "pt") as f:
-        return sum(_prod(f.get_slice(k).get_shape()) for k in f.keys())
-
-
-def _prod(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -105,24 +91,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="vlgraft-methods-"))
     for name in args.variants.split(","):
         recipe, ovs, family = VARIANTS[name]
-        run = work / name.replace("+", "_")
-        o = [*ovs, f"train.batch_size={args.batch}", f"train.max_steps={args.steps}", f"train.output_dir={run}",
-             "train.log_every=5", "train.save_every=null"]
-        tr = run_cli(["train", recipe, "--overwrite", *[x for kv in o for x in ("-o", kv)]], work, log=work / f"{run.name}.log")
-        ev_path = work / f"{run.name}-eval.json"
-        ev_run = run_cli(["eval", str(run), "--limit", str(args.eval_limit), "--loss-records", str(args.loss_records),
-                          "--out", str(ev_path)], work, log=work / f"{run.name}-eval.log")
-        ev = json.loads(ev_path.read_text())
-        m = read_metrics(run)
-        sps = [r["samples_per_s"] for r in m[1:]] or [m[0]["samples_per_s"]]
-        results[name] = {
-            "family": family, "recipe": recipe, "overrides": o, "steps": args.steps, "batch": args.batch,
-            "trainable_params": trainable_params(run), "samples_per_s": sum(sps) / len(sps),
-            "peak_rss_mb": tr["max_rss_mb"], "final_train_loss": m[-1]["loss"], "val_loss": ev["val_loss"],
-            "accuracy": ev["accuracy"], "by_type": {k: v["accuracy"] for k, v in ev["by_type"].items()},
-            "eval_questions": ev["n"], "train_wall_s": tr["wall_s"], "eval_wall_s": ev_run["wall_s"],
-            "curve": [(r["step"], r["loss"]) for r in m],
-        }
+        results[name] = {"family": family, **train_and_eval(name, recipe, ovs, work, args.steps, args.batch,
+                                                             args.eval_limit, args.loss_records)}
+        results[name].pop("run")
         r = results[name]
         print(f"{name:<18} params {r['trainable_params']:>11,}  {r['samples_per_s']:.2f} samples/s  "
               f"RSS {r['peak_rss_mb'] / 1024:.1f} GB  train {r['final_train_loss']:.4f}  val {r['val_loss']:.4f}  "

@@ -56,3 +56,14 @@ def test_registry_unknown_and_duplicate():
     reg.register("a")(1)
     with pytest.raises(ValueError, match="already registered"):
         reg.register("a")(2)
+
+
+def test_bundled_recipes_validate():
+    from pathlib import Path
+
+    from vlgraft.config import load_recipe
+
+    recipes = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+    assert len(recipes) >= 6
+    for p in recipes:
+        load_recipe(p)  # raises, naming the file and key, on anything unknown or mistyped
