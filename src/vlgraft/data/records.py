@@ -124,12 +124,34 @@ def load_llava_json(path: str | Path, image_root: str | Path | None = None, limi
 
 
 def load_records(spec: str, image_root: str | None = None, limit: int | None = None) -> list[Record]:
-    """``spec`` is a registered dataset ``name:split`` or a path to a LLaVA .json/.jsonl file."""
+    """``spec`` is a LLaVA .json/.jsonl path, or ``name:arg`` for a registered dataset or format:
+    ``easyvqa:train``, ``coco:captions.json``, ``scienceqa:problems.json#train``, ... (docs/DATA.md).
+    A format's loader yields records one at a time; only the first ``limit`` are read."""
+    import inspect
+    import itertools
+
     from vlgraft.registry import DATASET
     import vlgraft.data.formats  # noqa: F401  (registration)
 
-    if spec.endswith((".json", ".jsonl")) or Path(spec).exists():
+    if spec.endswith((".json", ".jsonl")) and not _has_format_prefix(spec):
         return load_llava_json(spec, image_root, limit)
-    name, _, split = spec.partition(":")
-    records = DATASET.get(name)(split or "train")
-    return records[:limit] if limit else records
+    if Path(spec).exists() and not _has_format_prefix(spec):
+        return load_llava_json(spec, image_root, limit)
+    name, _, arg = spec.partition(":")
+    fn = DATASET.get(name)
+    kwargs = {"image_root": image_root} if "image_root" in inspect.signature(fn).parameters else {}
+    records = fn(arg or "train", **kwargs)
+    records = list(itertools.islice(records, limit) if limit else records)
+    seen: set[str] = set()
+    for r in records:
+        if r.id in seen:
+            raise DataError(f"{r.where}: duplicate id {r.id!r}")
+        seen.add(r.id)
+    return records
+
+
+def _has_format_prefix(spec: str) -> bool:
+    from vlgraft.registry import DATASET
+
+    name, sep, _ = spec.partition(":")
+    return bool(sep) and len(name) > 1 and name in DATASET.names()
