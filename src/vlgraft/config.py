@@ -78,9 +78,25 @@ class ParamGroup:
 
 
 @dataclass
+class MixSource:
+    train: str = _f(dataclasses.MISSING, "a training data spec, as data.train")
+    weight: Optional[float] = _f(None, "sampling ratio against the other sources (e.g. 5, 5, 1); the source's "
+                                 "records cycle, each pass reshuffled")
+    epochs: Optional[float] = _f(None, "passes over this source instead of a weight (then every source gives "
+                                 "epochs, and the run's length follows from them unless train.max_steps is set)")
+    image_root: Optional[str] = _f(None, "as data.image_root, for this source")
+    limit: Optional[int] = _f(None, "use only this source's first N records")
+
+
+@dataclass
 class DataConfig:
-    train: str = _f("easyvqa:train", "training data: a registered dataset 'name:split' or a LLaVA "
-                    "conversation .json/.jsonl file")
+    train: Optional[str] = _f(None, "training data: a registered dataset 'name:arg' (easyvqa:train, "
+                              "coco:captions.json, ...) or a LLaVA conversation .json/.jsonl file; null: "
+                              "easyvqa:train, or data.mixture")
+    mixture: list[MixSource] = _f(factory=list, help="several training sources sampled by ratio or by epochs "
+                                  "(MM1's caption : interleaved : text = 5 : 5 : 1); replaces data.train")
+    group_by_modality: bool = _f(False, "every global batch is all image-text or all text-only (needed by "
+                                 "train.modality_groups; LLaVA-1.5's modality grouping)")
     eval: str = _f("easyvqa:test", "evaluation data, same forms as 'train'")
     image_root: Optional[str] = _f(None, "folder that relative 'image' paths are resolved against "
                                    "(default: the data file's folder)")
@@ -109,6 +125,9 @@ class TrainConfig:
     save_every: Optional[int] = _f(None, "optimizer steps between resumable checkpoints; null: only at the end")
     keep_checkpoints: int = _f(2, "resumable checkpoints kept (older ones are deleted)")
     num_workers: int = _f(0, "DataLoader worker processes")
+    modality_groups: Optional[dict] = _f(None, "joint training (LLaMA-Adapter V2): {image: [group names], text: "
+                                         "[group names]} — an image-text batch steps only the 'image' groups, a "
+                                         "text-only batch only the 'text' groups; needs data.group_by_modality")
 
 
 @dataclass

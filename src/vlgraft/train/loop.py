@@ -17,6 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
@@ -26,9 +27,9 @@ from tqdm import tqdm
 
 from vlgraft.config import Recipe, dump_recipe, load_recipe, to_dict
 from vlgraft.data.cache import FeatureCache
+from vlgraft.data.mixture import SourceStreams, load_training_data, pools_for, sorted_batches
 from vlgraft.data.dataset import ConversationDataset, collate
 from vlgraft.data.images import load_image
-from vlgraft.data.records import load_records
 from vlgraft.errors import VlgraftError
 from vlgraft.models.vlm import VLM
 from vlgraft.train import checkpoint as ckpt
@@ -42,32 +43,64 @@ RESUMABLE_CHANGES = {"train.max_steps", "train.epochs", "train.save_every", "tra
 class MicroBatches(torch.utils.data.Sampler):
     """Yields this process's micro-batches (index lists) from optimizer step ``start`` on.
 
-    Each epoch is a seeded permutation; within windows of ``group`` global batches the samples are
-    sorted by length (so a batch carries little padding) and the batches' order is shuffled again.
-    All of it happens at the global-batch level, before the split across processes, so the same
-    global batch holds the same samples whatever the number of processes.
+    One source, no grouping: each epoch is a seeded permutation. Several ``sources`` (a mixture) or
+    grouping by modality (``is_image``): blocks of ``group`` global batches drawn by
+    ``data.mixture.SourceStreams`` — per sample for a mixture, per whole global batch from one
+    modality's pool when grouped, so every batch is one modality. Within a window of ``group``
+    global batches the samples are sorted by length (little padding) and the batches' order is
+    shuffled again. All of it happens at the global-batch level, before the split across processes,
+    so the same global batch holds the same samples whatever the number of processes.
     """
 
     def __init__(self, lengths: list[int], batch: int, accum: int, world: int, rank: int, seed: int,
-                 start: int, total: int, group: int = 32):
+                 start: int, total: int, group: int = 32, is_image: list[bool] | None = None,
+                 sources: list | None = None):
         self.lengths = torch.tensor(lengths)
         self.n, self.b, self.a, self.w, self.r = len(lengths), batch, accum, world, rank
         self.seed, self.start, self.total, self.group = seed, start, total, group
         self.global_batch = batch * accum * world
-        self.steps_per_epoch = self.n // self.global_batch
-        if self.steps_per_epoch == 0:
-            raise VlgraftError(f"{self.n} training records are fewer than one global batch ({self.global_batch})")
+        self.grouped = is_image is not None
+        self.streams = None
+        if self.grouped or (sources and len(sources) > 1):
+            pools, weights = pools_for(self.n, sources, None if is_image is None else torch.tensor(is_image, dtype=torch.bool))
+            self.streams = SourceStreams(pools, weights, seed, unit=self.global_batch if self.grouped else 1)
+            self.steps_per_epoch = group  # one block
+        else:
+            self.steps_per_epoch = self.n // self.global_batch
+            if self.steps_per_epoch == 0:
+                raise VlgraftError(f"{self.n} training records are fewer than one global batch ({self.global_batch})")
+        self._next_block = (0, None)  # streams: (next block, draws per pool before it)
+
+    def _block(self, block: int) -> list[tuple[int, list[int]]]:
+        nxt, counts = self._next_block
+        if counts is None or block < nxt:
+            nxt, counts = 0, np.zeros(len(self.streams.pools), dtype=np.int64)
+        units = self.group * self.global_batch // self.streams.unit
+        while nxt < block:  # replay earlier blocks' draws (index arithmetic only)
+            counts += self.streams.unit * np.bincount(self.streams.choices(nxt, units), minlength=len(counts))
+            nxt += 1
+        draws = self.streams.block(block, units, counts)
+        self._next_block = (block + 1, counts)
+        return draws
 
     def epoch_batches(self, epoch: int) -> torch.Tensor:
-        """``[steps_per_epoch, global_batch]`` sample indices for one epoch."""
+        """``[steps_per_epoch, global_batch]`` sample indices for one epoch (one block with streams)."""
         g = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
-        perm = torch.randperm(self.n, generator=g)[: self.steps_per_epoch * self.global_batch]
+        if self.streams is None:
+            perm = torch.randperm(self.n, generator=g)[: self.steps_per_epoch * self.global_batch]
+            chunks = [perm]
+        else:
+            draws = self._block(epoch)
+            if self.grouped:  # each pool's batches stay its own: one modality per batch
+                chunks = [torch.tensor([i for k, idx in draws if k == pool for i in idx], dtype=torch.long)
+                          for pool in sorted({k for k, _ in draws})]
+            else:
+                chunks = [torch.tensor([i for _, idx in draws for i in idx], dtype=torch.long)]
         batches = []
         window = self.group * self.global_batch
-        for s in range(0, len(perm), window):
-            chunk = perm[s: s + window]
-            chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]
-            batches += list(chunk.view(-1, self.global_batch))
+        for chunk in chunks:
+            for s in range(0, len(chunk), window):
+                batches += sorted_batches(chunk[s: s + window], self.lengths, self.global_batch)
         order = torch.randperm(len(batches), generator=g)
         return torch.stack([batches[i] for i in order])
 
@@ -122,6 +155,38 @@ def print_methods(model, console: Console) -> None:
     console.print(t)
 
 
+def modality_groups(recipe: Recipe, group_names: list[str]) -> dict[str, set[str]] | None:
+    """``train.modality_groups`` checked: keys image/text, known and disjoint group names."""
+    mg = recipe.train.modality_groups
+    if mg is None:
+        return None
+    if set(mg) != {"image", "text"}:
+        raise VlgraftError(f"train.modality_groups needs exactly the keys 'image' and 'text', got {sorted(mg)}")
+    if not recipe.data.group_by_modality:
+        raise VlgraftError("train.modality_groups needs data.group_by_modality: true (one modality per batch)")
+    out = {}
+    for k, names in mg.items():
+        names = [names] if isinstance(names, str) else list(names)
+        unknown = [n for n in names if n not in group_names]
+        if unknown:
+            raise VlgraftError(f"train.modality_groups.{k}: unknown trainable group(s) {unknown}; groups: {group_names}")
+        out[k] = set(names)
+    if out["image"] & out["text"]:
+        raise VlgraftError(f"train.modality_groups: {sorted(out['image'] & out['text'])} in both image and text")
+    return out
+
+
+def batch_modality(micro: list[dict], accel) -> str:
+    """'image' or 'text' for a global batch that is all one modality (checked across processes)."""
+    flags = torch.cat([m["has_image"] for m in micro]).to(accel.device)
+    counts = accel.reduce(torch.stack([flags.sum(), torch.tensor(len(flags), device=accel.device)]).float(), "sum")
+    n_img, n = int(counts[0]), int(counts[1])
+    if 0 < n_img < n:
+        raise VlgraftError(f"train.modality_groups: a global batch mixes {n_img} image-text and {n - n_img} text-only "
+                           "samples (the modality counts do not fill whole batches; change the batch size or data)")
+    return "image" if n_img else "text"
+
+
 def _check_resume_recipe(saved: dict, now: dict, prefix: str = "") -> list[str]:
     diffs = []
     for k in set(saved) | set(now):
@@ -164,7 +229,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, source:
     resolved = resolve_groups(vlm, recipe.trainable)
 
     # Data: validate and tokenise everything before any output is written.
-    records = load_records(recipe.data.train, recipe.data.image_root, recipe.data.limit)
+    records, sources = load_training_data(recipe.data)
     use_cache = tc.feature_cache and vlm.vision_cacheable()
     cache = FeatureCache(vlm.vision, tc.precision) if use_cache else None
     images = [(r.image, r.where) for r in records if r.image is not None]
@@ -181,8 +246,13 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, source:
 
     world = accel.num_processes
     global_batch = tc.batch_size * tc.grad_accum * world
-    steps_per_epoch = len(dataset) // global_batch
-    total = tc.max_steps or max(1, math.ceil(tc.epochs * steps_per_epoch))
+    if len(sources) > 1:  # a mixture: one pass = sum of epochs x size, or every record once
+        by_epochs = all(m.epochs is not None for m in recipe.data.mixture)
+        per_pass = sum(s.weight for s in sources) if by_epochs else len(dataset)
+        total = tc.max_steps or max(1, math.ceil(tc.epochs * per_pass / global_batch))
+    else:
+        total = tc.max_steps or max(1, math.ceil(tc.epochs * (len(dataset) // global_batch)))
+    modality = modality_groups(recipe, [g.name for g, _ in resolved])
     optimizer = build_optimizer(resolved)
     scheduler = build_scheduler(optimizer, recipe, total)
 
@@ -205,8 +275,9 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, source:
     if resume_from is not None:
         ckpt.restore_rng(resume_from, accel.process_index)
 
-    sampler = MicroBatches([dataset.num_tokens(i) for i in range(len(dataset))], tc.batch_size, tc.grad_accum, world, accel.process_index,
-                           tc.seed, start, total)
+    is_image = [r.has_image for r in records] if recipe.data.group_by_modality else None
+    sampler = MicroBatches([dataset.num_tokens(i) for i in range(len(dataset))], tc.batch_size, tc.grad_accum, world,
+                           accel.process_index, tc.seed, start, total, is_image=is_image, sources=sources)
     pad_id = vlm.llm.tokenizer.pad_token_id
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=tc.num_workers,
                                          collate_fn=functools.partial(collate, pad_id=pad_id))
@@ -216,6 +287,9 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, source:
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.yaml").write_text(dump_recipe(recipe))
         print_split(vlm, console)
+        if len(sources) > 1:
+            for src in sources:
+                console.print(f"  source {src.spec}: {src.size} records, share {src.weight / sum(x.weight for x in sources):.1%}")
         console.print(f"{len(dataset)} conversations, global batch {global_batch} "
                       f"({tc.batch_size} x {tc.grad_accum} accum x {world} proc), {total} steps, "
                       f"precision {tc.precision}, device {accel.device}")
@@ -247,8 +321,12 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, source:
     t_last, samples_win, tokens_win = time.time(), 0, 0
     loss_win = torch.zeros(2, device=accel.device)
     step = start
+    steps_by_modality = {"image": 0, "text": 0}
     while step < total:
         micro = [next(it) for _ in range(tc.grad_accum)]
+        if modality is not None:
+            kind = batch_modality(micro, accel)
+            steps_by_modality[kind] += 1
         n_local = sum(int((m["labels"][:, 1:] != -100).sum()) for m in micro)
         n_global = accel.reduce(torch.tensor(float(n_local), device=accel.device), "sum").item()
         for a, m in enumerate(micro):
@@ -262,6 +340,11 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, source:
             loss_win += torch.stack([out_m["loss_sum"].detach().float(), torch.tensor(float(out_m["n_tokens"]), device=accel.device)])
             samples_win += m["input_ids"].shape[0]
             tokens_win += int(m["attention_mask"].sum())
+        if modality is not None:  # joint training: the other modality's groups do not move at all
+            for grp in optimizer.param_groups:
+                if grp["name"] not in modality[kind]:
+                    for p in grp["params"]:
+                        p.grad = None
         grad_norm = None
         if tc.max_grad_norm is not None:
             grad_norm = accel.clip_grad_norm_(trainable, tc.max_grad_norm)
@@ -278,6 +361,8 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, source:
                    "grad_norm": None if grad_norm is None else float(grad_norm),
                    "samples_per_s": samples_win * world / dt, "tokens_per_s": tokens_win * world / dt,
                    "time": time.time()}
+            if modality is not None:
+                rec["steps_by_modality"] = dict(steps_by_modality)
             if main:
                 metrics_f.write(json.dumps(rec) + "\n")
                 metrics_f.flush()

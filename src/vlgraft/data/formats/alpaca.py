@@ -1,0 +1,58 @@
+"""Alpaca-style text-only instructions in the canonical format.
+
+Spec: ``alpaca:PATH.json`` (a JSON list) or ``alpaca:PATH.jsonl`` (one object a line, streamed).
+Each ``{"instruction", "input" (optional), "output"}`` becomes one text-only record: user
+``instruction + ("\\n\\n" + input if input)``, assistant ``output``. The id is the record's ``id``
+field when it has one, else ``alpaca-{index}`` (0-based position in the file); other fields go to
+``meta``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from vlgraft.data.formats._common import check_placeholders, existing_file, iter_jsonl, read_json
+from vlgraft.data.records import Record
+from vlgraft.errors import DataError
+from vlgraft.registry import DATASET
+
+_FIELDS = ("id", "instruction", "input", "output")
+
+
+def _record(raw: object, index: int, where: str) -> Record:
+    if not isinstance(raw, dict):
+        raise DataError(f"{where}: a record must be an object")
+    instruction, inp, output = raw.get("instruction"), raw.get("input") or "", raw.get("output")
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise DataError(f"{where}: 'instruction' must be a non-empty string")
+    if not isinstance(inp, str):
+        raise DataError(f"{where}: 'input' must be a string")
+    if not isinstance(output, str) or not output.strip():
+        raise DataError(f"{where}: 'output' must be a non-empty string")
+    user = instruction.strip() + (f"\n\n{inp.strip()}" if inp.strip() else "")
+    turns = [("user", user), ("assistant", output.strip())]
+    check_placeholders(turns, False, where)
+    rid = str(raw["id"]) if raw.get("id") is not None else f"alpaca-{index}"
+    return Record(id=rid, image=None, turns=turns, meta={k: v for k, v in raw.items() if k not in _FIELDS},
+                  source=where)
+
+
+def _where(path: object, raw: object, index: int, line: int | None = None) -> str:
+    rid = raw.get("id") if isinstance(raw, dict) and raw.get("id") is not None else f"alpaca-{index}"
+    return f"{path}: record {str(rid)!r} (#{index}" + (f", line {line})" if line else ")")
+
+
+@DATASET.register("alpaca")
+def alpaca(path: str) -> Iterator[Record]:
+    """One text-only record per instruction (see the module docstring)."""
+    p = existing_file(path, "Alpaca file")
+    items: Iterable[tuple[int | None, object]]
+    if p.suffix == ".jsonl":
+        items = iter_jsonl(p)
+    else:
+        data = read_json(p)
+        if not isinstance(data, list):
+            raise DataError(f"{p}: expected a JSON list of instructions (or use a .jsonl file)")
+        items = ((None, raw) for raw in data)
+    for index, (line, raw) in enumerate(items):
+        yield _record(raw, index, _where(p, raw, index, line))

@@ -1,0 +1,70 @@
+"""COCO captions (``captions_train2017.json`` and the like) in the canonical format.
+
+Spec: ``coco:PATH/captions_train2017.json``; images are ``<image_root>/<file_name>``, where
+``image_root`` defaults to the JSON's folder (for the usual layout, point it at ``train2017/``).
+
+The JSON holds ``images`` (``id``, ``file_name``) and ``annotations`` (``id``, ``image_id``,
+``caption``). Each annotation becomes one single-turn record, id ``coco-{image_id}-{ann_id}``:
+user ``"<image>\\n" + CAPTION_PROMPT``, assistant the caption (stripped). An image with five captions
+gives five records. The prompt is one fixed instruction so that training and evaluation ask alike.
+The document is parsed whole (JSON cannot be streamed), then records are yielded one at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from vlgraft.data.formats._common import check_placeholders, existing_file, read_json
+from vlgraft.data.records import IMAGE_PLACEHOLDER, Record
+from vlgraft.errors import DataError
+from vlgraft.registry import DATASET
+
+CAPTION_PROMPT = "Describe the image briefly."
+
+
+def _images(data: dict, path: Path) -> dict:
+    """``image id -> file_name``, checked."""
+    images = data.get("images")
+    if not isinstance(images, list):
+        raise DataError(f"{path}: 'images' must be a list")
+    out = {}
+    for i, im in enumerate(images):
+        if not (isinstance(im, dict) and isinstance(im.get("id"), (int, str)) and isinstance(im.get("file_name"), str)):
+            raise DataError(f"{path}: image #{i} must be an object with 'id' and 'file_name'")
+        out[im["id"]] = im["file_name"]
+    return out
+
+
+@DATASET.register("coco")
+def coco(path: str, image_root: str | None = None) -> Iterator[Record]:
+    """One record per caption annotation (see the module docstring)."""
+    p = existing_file(path, "COCO captions file")
+    data = read_json(p)
+    if not isinstance(data, dict):
+        raise DataError(f"{p}: expected a COCO captions object with 'images' and 'annotations'")
+    files = _images(data, p)
+    anns = data.get("annotations")
+    if not isinstance(anns, list):
+        raise DataError(f"{p}: 'annotations' must be a list")
+    root = Path(image_root) if image_root else p.parent
+    for i, ann in enumerate(anns):
+        ann_id = ann.get("id") if isinstance(ann, dict) else None
+        where = f"{p}: annotation {ann_id!r} (#{i})" if ann_id is not None else f"{p}: annotation #{i}"
+        if not isinstance(ann, dict):
+            raise DataError(f"{where}: an annotation must be an object")
+        if ann_id is None:
+            raise DataError(f"{where}: no 'id'")
+        image_id = ann.get("image_id")
+        if not isinstance(image_id, (int, str)) or image_id not in files:
+            raise DataError(f"{where}: unknown image_id {image_id!r} (not in 'images')")
+        caption = ann.get("caption")
+        if not isinstance(caption, str) or not caption.strip():
+            raise DataError(f"{where}: 'caption' must be a non-empty string")
+        image = root / files[image_id]
+        if not image.is_file():
+            raise DataError(f"{where}: image file not found: {image}")
+        turns = [("user", f"{IMAGE_PLACEHOLDER}\n{CAPTION_PROMPT}"), ("assistant", caption.strip())]
+        check_placeholders(turns, True, where)
+        yield Record(id=f"coco-{image_id}-{ann_id}", image=str(image), turns=turns,
+                     meta={"image_id": image_id, "annotation_id": ann_id}, source=where)

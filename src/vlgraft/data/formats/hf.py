@@ -1,0 +1,127 @@
+"""Hugging Face data (``datasets`` folders and parquet files) with LLaVA-style columns.
+
+Spec: ``hf:PATH`` or ``hf:PATH#split``, where PATH is
+
+* a folder written by ``Dataset.save_to_disk`` (memory-mapped with ``load_from_disk``), or one
+  written by ``DatasetDict.save_to_disk`` (``#split`` picks the split; needed if it has several);
+* a ``.parquet`` file, or a folder of them (read recursively in name order; ``#split`` keeps the
+  files named ``{split}-*.parquet`` / ``{split}.parquet`` or under a ``{split}/`` folder), streamed
+  in row batches with pyarrow.
+
+Rows have LLaVA's columns: ``conversations`` (a list of ``{"from", "value"}``, or that list as a
+JSON string), optional ``id`` (default: the row's position) and optional ``image``, which is
+
+* a path string, relative to ``image_root`` or by default to the data folder (the parquet file's
+  folder), or
+* an HF ``Image`` value: ``{"bytes", "path"}`` (bytes are written once to the content-addressed
+  store of :mod:`vlgraft.data.formats._images`; without bytes, ``path`` is used as a path) or a
+  decoded PIL image (re-encoded as PNG into the same store).
+
+Each row is then checked by :func:`vlgraft.data.records.parse_record`; other columns go to ``meta``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from vlgraft.data.formats._images import store_image_bytes, store_pil_image
+from vlgraft.data.records import Record, parse_record
+from vlgraft.errors import DataError
+from vlgraft.registry import DATASET
+
+BATCH_ROWS = 256
+
+
+def _image(value: object, where: str) -> str | None:
+    """A row's ``image`` as a path string (relative ones are resolved by ``parse_record``)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return str(store_image_bytes(value["bytes"], where))
+        if isinstance(value.get("path"), str):
+            return value["path"]
+        raise DataError(f"{where}: 'image' has neither bytes nor a path")
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        return str(store_pil_image(value, where))
+    raise DataError(f"{where}: 'image' must be a path, an HF Image value or null, not {type(value).__name__}")
+
+
+def _record(row: dict, index: int, source: str, root: Path) -> Record:
+    raw = dict(row)
+    if raw.get("id") is None:
+        raw["id"] = index
+    where = f"{source}: record {str(raw['id'])!r} (#{index})"
+    if isinstance(raw.get("conversations"), str):
+        try:
+            raw["conversations"] = json.loads(raw["conversations"])
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: 'conversations' is a string but not valid JSON: {e.msg}") from None
+    if "image" in raw:
+        raw["image"] = _image(raw["image"], where)
+    return parse_record(raw, index, source, root)
+
+
+def _parquet_files(path: Path, split: str) -> list[Path]:
+    if path.is_file():
+        return [path]
+    files = sorted(path.rglob("*.parquet"))
+    if split:
+        files = [f for f in files if split in f.relative_to(path).parts[:-1]
+                 or f.stem == split or f.name.startswith(f"{split}-")]
+    if not files:
+        raise DataError(f"{path}: no parquet files" + (f" for split {split!r}" if split else ""))
+    return files
+
+
+def _parquet_rows(path: Path, split: str) -> Iterator[tuple[str, dict]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for f in _parquet_files(path, split):
+        try:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS):
+                for row in batch.to_pylist():
+                    yield str(f), row
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"{f}: cannot read parquet: {e}") from None
+
+
+def _saved_rows(path: Path, split: str) -> Iterator[tuple[str, dict]]:
+    from datasets import Dataset, DatasetDict, Image, load_from_disk
+
+    ds = load_from_disk(str(path))
+    if isinstance(ds, DatasetDict):
+        if not split and len(ds) == 1:
+            split = next(iter(ds))
+        if split not in ds:
+            raise DataError(f"{path}: {'pick a split with #SPLIT' if not split else f'no split {split!r}'}"
+                            f" (splits: {', '.join(ds)})")
+        ds = ds[split]
+    elif split:
+        raise DataError(f"{path}: a single Dataset folder has no splits (drop '#{split}')")
+    assert isinstance(ds, Dataset)
+    if isinstance(ds.features.get("image"), Image):
+        ds = ds.cast_column("image", Image(decode=False))  # keep the encoded bytes: no decode + re-encode
+    for row in ds:
+        yield str(path), row
+
+
+@DATASET.register("hf")
+def hf(spec: str, image_root: str | None = None) -> Iterator[Record]:
+    """Rows of a saved ``datasets`` folder or of parquet files as records (see the module docstring)."""
+    file, _, split = spec.rpartition("#") if "#" in spec else (spec, "", "")
+    path = Path(file)
+    if not path.exists():
+        raise DataError(f"hf data not found: {path}")
+    saved = path.is_dir() and any((path / n).is_file() for n in ("state.json", "dataset_dict.json"))
+    if not saved and path.is_file() and path.suffix != ".parquet":
+        raise DataError(f"{path}: 'hf:' reads parquet files or save_to_disk folders (use the file's own format)")
+    root = Path(image_root) if image_root else (path if path.is_dir() else path.parent)
+    rows = _saved_rows(path, split) if saved else _parquet_rows(path, split)
+    for index, (source, row) in enumerate(rows):
+        yield _record(row, index, source, root)

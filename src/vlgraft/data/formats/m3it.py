@@ -1,0 +1,62 @@
+"""M3IT-style instruction data (JSONL with base64 images) in the canonical format.
+
+Spec: ``m3it:PATH.jsonl``. Each line is ``{"instruction": str, "inputs": str, "outputs": str,
+"image_base64_str": [base64, ...]}`` and becomes one record, id ``m3it-{line number}``:
+user ``"<image>\\n" + instruction + ("\\n" + inputs if inputs)``, assistant ``outputs``.
+
+Only the FIRST image of a line is used (the canonical record holds one image); ``meta["n_images"]``
+records how many the line had. A line with no image is a text-only record (no placeholder). The
+image bytes are decoded once to check them and written as is to the content-addressed store of
+:mod:`vlgraft.data.formats._images`. The file is read one line at a time.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterator
+
+from vlgraft.data.formats._images import store_image_bytes
+from vlgraft.data.formats._common import check_placeholders, existing_file, iter_jsonl
+from vlgraft.data.records import IMAGE_PLACEHOLDER, Record
+from vlgraft.errors import DataError
+from vlgraft.registry import DATASET
+
+
+def _decode(b64: object, where: str) -> bytes:
+    if not isinstance(b64, str):
+        raise DataError(f"{where}: 'image_base64_str' must hold base64 strings")
+    if b64.startswith("data:") and "," in b64:  # data URL: data:image/png;base64,....
+        b64 = b64.split(",", 1)[1]
+    try:
+        return base64.b64decode("".join(b64.split()), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise DataError(f"{where}: bad base64 image: {e}") from None
+
+
+@DATASET.register("m3it")
+def m3it(path: str) -> Iterator[Record]:
+    """One record per line (see the module docstring)."""
+    p = existing_file(path, "M3IT file")
+    for ln, raw in iter_jsonl(p):
+        where = f"{p}: line {ln}"
+        if not isinstance(raw, dict):
+            raise DataError(f"{where}: a line must be a JSON object")
+        instruction, inputs, outputs = raw.get("instruction"), raw.get("inputs") or "", raw.get("outputs")
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise DataError(f"{where}: 'instruction' must be a non-empty string")
+        if not isinstance(inputs, str):
+            raise DataError(f"{where}: 'inputs' must be a string")
+        if not isinstance(outputs, str) or not outputs.strip():
+            raise DataError(f"{where}: 'outputs' must be a non-empty string")
+        images = raw.get("image_base64_str") or []
+        if isinstance(images, str):
+            images = [images]
+        if not isinstance(images, list):
+            raise DataError(f"{where}: 'image_base64_str' must be a list of base64 strings")
+        image = str(store_image_bytes(_decode(images[0], where), where)) if images else None
+        user = instruction.strip() + (f"\n{inputs.strip()}" if inputs.strip() else "")
+        turns = [("user", (f"{IMAGE_PLACEHOLDER}\n" if image else "") + user), ("assistant", outputs.strip())]
+        check_placeholders(turns, image is not None, where)
+        yield Record(id=f"m3it-{ln}", image=image, turns=turns, meta={"line": ln, "n_images": len(images)},
+                     source=where)
