@@ -120,3 +120,26 @@ def test_two_processes_match_one_at_same_global_batch(tiny_recipe, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
         moved += int(a[k].abs().sum() > 0)
     assert moved > 0
+
+
+def test_lr_mm1_follows_the_llm_size(tiny_recipe):
+    import math
+
+    from vlgraft.config import ParamGroup
+    from vlgraft.errors import ConfigError
+    from vlgraft.models.vlm import VLM
+    from vlgraft.train.optim import build_optimizer, resolve_groups
+
+    r = tiny_recipe()
+    r.trainable = [ParamGroup("connector", ["connector"], "mm1"), ParamGroup("lora", ["llm.*lora_*"], 1e-3)]
+    vlm = VLM.from_recipe(r)
+    llm = vlm.llm.model
+    emb = {id(p) for p in llm.get_input_embeddings().parameters()}
+    n = sum(p.numel() for p in llm.parameters() if id(p) not in emb)  # tied head: the same tensor
+    opt = build_optimizer(resolve_groups(vlm, r.trainable), llm)
+    lr = math.exp(-0.4214 * math.log(n) - 0.5535)
+    assert opt.param_groups[0]["lr"] == pytest.approx(lr) and opt.param_groups[0]["weight_decay"] == pytest.approx(0.1 * lr)
+    assert opt.param_groups[1]["lr"] == 1e-3
+    r.trainable[0].lr = "fast"
+    with pytest.raises(ConfigError, match="'mm1'"):
+        build_optimizer(resolve_groups(vlm, r.trainable), llm)

@@ -73,8 +73,9 @@ class ParamGroup:
     params: list[str] = _f(dataclasses.MISSING, "fnmatch patterns over model parameter names, e.g. "
                            "'connector.*', 'llm.*lora_*', 'vision.*'; a bare component name "
                            "(vision | connector | llm) means all its parameters")
-    lr: float = _f(1e-4, "peak learning rate of this group")
-    weight_decay: float = _f(0.0, "AdamW weight decay of this group")
+    lr: Union[float, str] = _f(1e-4, "peak learning rate of this group, or 'mm1': MM1's fit to the LLM's "
+                               "non-embedding parameter count N, exp(-0.4214 ln N - 0.5535), with weight decay 0.1 x lr")
+    weight_decay: float = _f(0.0, "AdamW weight decay of this group (with lr: mm1, 0.1 x lr)")
 
 
 @dataclass
@@ -167,7 +168,12 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key, source)
+        for i, a in enumerate(inner):  # the first type that takes the value
+            try:
+                return _coerce(value, a, key, source)
+            except ConfigError:
+                if i == len(inner) - 1:
+                    raise
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: key '{key}' expects a mapping, got {value!r}")

@@ -253,7 +253,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, source:
     else:
         total = tc.max_steps or max(1, math.ceil(tc.epochs * (len(dataset) // global_batch)))
     modality = modality_groups(recipe, [g.name for g, _ in resolved])
-    optimizer = build_optimizer(resolved)
+    optimizer = build_optimizer(resolved, vlm.llm.model)
     scheduler = build_scheduler(optimizer, recipe, total)
 
     start = 0

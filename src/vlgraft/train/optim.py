@@ -69,9 +69,31 @@ def param_split(model: nn.Module) -> list[tuple[str, int, int]]:
     return [(c, t, f) for c, (t, f) in rows.items()]
 
 
-def build_optimizer(resolved) -> torch.optim.Optimizer:
-    groups = [{"params": [p for _, p in m], "lr": g.lr, "weight_decay": g.weight_decay, "name": g.name}
-              for g, m in resolved]
+def mm1_lr(llm: nn.Module) -> float:
+    """MM1's peak learning rate for a model of N non-embedding parameters: exp(-0.4214 ln N - 0.5535)."""
+    emb = {id(p) for m in (llm.get_input_embeddings(), llm.get_output_embeddings()) if m is not None
+           for p in m.parameters()}
+    n = sum(p.numel() for p in llm.parameters() if id(p) not in emb)
+    return math.exp(-0.4214 * math.log(n) - 0.5535)
+
+
+def group_lr(g: ParamGroup, llm: nn.Module | None = None) -> tuple[float, float]:
+    """(lr, weight decay) of a group; ``lr: mm1`` follows the LLM's size, with weight decay 0.1 x lr."""
+    if isinstance(g.lr, str):
+        if g.lr != "mm1":
+            raise ConfigError(f"trainable group {g.name!r}: lr must be a number or 'mm1', got {g.lr!r}")
+        if llm is None:
+            raise ConfigError(f"trainable group {g.name!r}: lr: mm1 needs the model")
+        lr = mm1_lr(llm)
+        return lr, 0.1 * lr
+    return g.lr, g.weight_decay
+
+
+def build_optimizer(resolved, llm: nn.Module | None = None) -> torch.optim.Optimizer:
+    groups = []
+    for g, m in resolved:
+        lr, wd = group_lr(g, llm)
+        groups.append({"params": [p for _, p in m], "lr": lr, "weight_decay": wd, "name": g.name})
     return torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
 
 
