@@ -90,3 +90,16 @@ def train_and_eval(name: str, recipe: str, overrides: list[str], work: Path, ste
             "accuracy": ev["accuracy"], "by_type": {k: v["accuracy"] for k, v in ev["by_type"].items()},
             "eval_questions": ev["n"], "train_wall_s": tr["wall_s"], "eval_wall_s": ev_run["wall_s"],
             "curve": [(r["step"], r["loss"]) for r in m]}
+
+
+def print_table(results: dict, lead: list[tuple[str, object]]) -> None:
+    """Markdown table: one row per variant, the ``lead`` columns (header, row -> text), then
+    accuracy and its yes/no, colour and shape breakdown."""
+    heads = ["variant", *(h for h, _ in lead), "accuracy", "yes/no", "colour", "shape"]
+    print("\n| " + " | ".join(heads) + " |")
+    print("|---" + "|---:" * (len(heads) - 1) + "|")
+    for name, r in results.items():
+        b = r["by_type"]
+        cells = [name, *(fmt(r) for _, fmt in lead), f"{100 * r['accuracy']:.2f}%",
+                 *(f"{100 * b.get(k, 0):.1f}%" for k in ("yes/no", "color", "shape"))]
+        print("| " + " | ".join(cells) + " |")

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import run_cli, train_and_eval, write_json  # noqa: E402
+from common import print_table, run_cli, train_and_eval, write_json  # noqa: E402
 
 RECIPE = "recipes/default.yaml"
 BASE = ["methods=[{name: lora, r: 16, alpha: 32, target_modules: [q_proj, k_proj, v_proj, o_proj]}]",
@@ -110,13 +110,11 @@ def main() -> None:
               f"{r['samples_per_s']:.2f} samples/s  acc {100 * r['accuracy']:.2f}%", flush=True)
         write_json(out, results)
         plot(results, out.with_suffix(".png"))
-    print("\n| variant | visual tokens | resolution | trainable params | samples/s | final train loss | accuracy | yes/no | colour | shape |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, r in results.items():
-        b = r["by_type"]
-        print(f"| {name} | {r['visual_tokens']} | {r['resolution']} | {r['trainable_params']:,} | {r['samples_per_s']:.2f} | "
-              f"{r['final_train_loss']:.4f} | {100 * r['accuracy']:.2f}% | {100 * b.get('yes/no', 0):.1f}% | "
-              f"{100 * b.get('color', 0):.1f}% | {100 * b.get('shape', 0):.1f}% |")
+    print_table(results, [("visual tokens", lambda r: str(r["visual_tokens"])),
+                          ("resolution", lambda r: str(r["resolution"])),
+                          ("trainable params", lambda r: f"{r['trainable_params']:,}"),
+                          ("samples/s", lambda r: f"{r['samples_per_s']:.2f}"),
+                          ("final train loss", lambda r: f"{r['final_train_loss']:.4f}")])
     print(f"\nwrote {out} and {out.with_suffix('.png')}")
 
 

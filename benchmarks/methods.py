@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import train_and_eval, write_json  # noqa: E402
+from common import print_table, train_and_eval, write_json  # noqa: E402
 
 ATTN = "[q_proj, k_proj, v_proj, o_proj]"
 
@@ -100,13 +100,11 @@ def main() -> None:
               f"acc {100 * r['accuracy']:.2f}%", flush=True)
         write_json(out, results)
         plot(results, out.with_suffix(".png"))
-    print("\n| variant | trainable params | samples/s | peak RSS (GB) | final train loss | held-out loss | accuracy | yes/no | colour | shape |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, r in results.items():
-        b = r["by_type"]
-        print(f"| {name} | {r['trainable_params']:,} | {r['samples_per_s']:.2f} | {r['peak_rss_mb'] / 1024:.1f} | "
-              f"{r['final_train_loss']:.4f} | {r['val_loss']:.4f} | {100 * r['accuracy']:.2f}% | "
-              f"{100 * b.get('yes/no', 0):.1f}% | {100 * b.get('color', 0):.1f}% | {100 * b.get('shape', 0):.1f}% |")
+    print_table(results, [("trainable params", lambda r: f"{r['trainable_params']:,}"),
+                          ("samples/s", lambda r: f"{r['samples_per_s']:.2f}"),
+                          ("peak RSS (GB)", lambda r: f"{r['peak_rss_mb'] / 1024:.1f}"),
+                          ("final train loss", lambda r: f"{r['final_train_loss']:.4f}"),
+                          ("held-out loss", lambda r: f"{r['val_loss']:.4f}")])
     print(f"\nwrote {out} and {out.with_suffix('.png')}")
 
 

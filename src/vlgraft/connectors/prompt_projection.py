@@ -6,20 +6,16 @@ goes through a linear layer and a layer norm. ``llama_adapter`` with ``multimoda
 result to every adaptation prompt; as a plain connector the LLM sees it as one visual token.
 """
 
-from torch import nn
-
+from vlgraft.connectors.git import GITConnector
 from vlgraft.registry import CONNECTOR
 
 
 @CONNECTOR.register("prompt_projection")
-class PromptProjection(nn.Module):
-    def __init__(self, cfg, in_dim: int, out_dim: int):
-        super().__init__()
-        self.proj = nn.Linear(in_dim, out_dim)
-        self.norm = nn.LayerNorm(out_dim)
+class PromptProjection(GITConnector):
+    """GIT's linear + layer norm, applied to the mean token."""
 
     def output_tokens(self, n_in: int) -> int:
         return 1
 
     def forward(self, x):
-        return self.norm(self.proj(x.mean(1, keepdim=True)))
+        return super().forward(x.mean(1, keepdim=True))

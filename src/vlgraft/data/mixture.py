@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from vlgraft.config import DataConfig
-from vlgraft.data.records import Record, load_records
+from vlgraft.data.records import Record, first_duplicate, load_records
 from vlgraft.errors import ConfigError, VlgraftError
 
 
@@ -33,8 +33,9 @@ def load_training_data(data: DataConfig) -> tuple[list[Record], list[Source]]:
         raise ConfigError("data.train and data.mixture are both set: a mixture lists its sources itself "
                           "(set data.train: null)")
     if not data.mixture:
-        recs = load_records(data.train or "easyvqa:train", data.image_root, data.limit)
-        return recs, [Source(data.train or "easyvqa:train", 0, len(recs), 1.0)]
+        spec = data.train or "easyvqa:train"
+        recs = load_records(spec, data.image_root, data.limit)
+        return recs, [Source(spec, 0, len(recs), 1.0)]
     by_epochs = [m.epochs is not None for m in data.mixture]
     if any(by_epochs) and not all(by_epochs):
         raise ConfigError("data.mixture: give every source 'epochs', or none (then 'weight', default 1)")
@@ -51,11 +52,9 @@ def load_training_data(data: DataConfig) -> tuple[list[Record], list[Source]]:
             raise ConfigError(f"data.mixture[{i}] ({m.train}): no records")
         sources.append(Source(m.train, len(records), len(recs), share * len(recs) if m.epochs is not None else share))
         records += recs
-    ids = set()
-    for r in records:
-        if r.id in ids:
-            raise VlgraftError(f"{r.where}: id {r.id!r} appears in two mixture sources; ids must be unique across them")
-        ids.add(r.id)
+    dup = first_duplicate(records)
+    if dup is not None:
+        raise VlgraftError(f"{dup.where}: id {dup.id!r} appears in two mixture sources; ids must be unique across them")
     return records, sources
 
 

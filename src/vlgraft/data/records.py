@@ -115,12 +115,24 @@ def load_llava_json(path: str | Path, image_root: str | Path | None = None, limi
             raise DataError(f"{p}: expected a JSON list of records")
         raws = raws[:limit] if limit else raws
     records = [parse_record(r, i, str(p), root) for i, r in enumerate(raws)]
+    check_unique_ids(records)
+    return records
+
+
+def first_duplicate(records: list[Record]) -> Record | None:
+    """The first record whose id an earlier one already has."""
     seen: set[str] = set()
     for r in records:
         if r.id in seen:
-            raise DataError(f"{r.where}: duplicate id {r.id!r}")
+            return r
         seen.add(r.id)
-    return records
+    return None
+
+
+def check_unique_ids(records: list[Record]) -> None:
+    dup = first_duplicate(records)
+    if dup is not None:
+        raise DataError(f"{dup.where}: duplicate id {dup.id!r}")
 
 
 def load_records(spec: str, image_root: str | None = None, limit: int | None = None) -> list[Record]:
@@ -133,20 +145,14 @@ def load_records(spec: str, image_root: str | None = None, limit: int | None = N
     from vlgraft.registry import DATASET
     import vlgraft.data.formats  # noqa: F401  (registration)
 
-    if spec.endswith((".json", ".jsonl")) and not _has_format_prefix(spec):
-        return load_llava_json(spec, image_root, limit)
-    if Path(spec).exists() and not _has_format_prefix(spec):
+    if not _has_format_prefix(spec) and (spec.endswith((".json", ".jsonl")) or Path(spec).exists()):
         return load_llava_json(spec, image_root, limit)
     name, _, arg = spec.partition(":")
     fn = DATASET.get(name)
     kwargs = {"image_root": image_root} if "image_root" in inspect.signature(fn).parameters else {}
     records = fn(arg or "train", **kwargs)
     records = list(itertools.islice(records, limit) if limit else records)
-    seen: set[str] = set()
-    for r in records:
-        if r.id in seen:
-            raise DataError(f"{r.where}: duplicate id {r.id!r}")
-        seen.add(r.id)
+    check_unique_ids(records)
     return records
 
 

@@ -116,10 +116,13 @@ class VisionEncoder(nn.Module):
         for im in images:
             im = im.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
             out.append(torch.from_numpy(np.array(im, dtype=np.float32) / 255.0).permute(2, 0, 1))
-        x = torch.stack(out)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return (x - mean) / std
+        mean, std = self.norm_stats()
+        return (torch.stack(out) - mean) / std
+
+    def norm_stats(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """The input normalisation's mean and std as ``[1, 3, 1, 1]`` tensors."""
+        return (torch.tensor(self.mean, device=device).view(1, 3, 1, 1),
+                torch.tensor(self.std, device=device).view(1, 3, 1, 1))
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[B, 3, S, S] -> [B, num_tokens, embed_dim]``."""
@@ -186,6 +189,7 @@ class HFVisionEncoder(VisionEncoder):
         self.native_size = vcfg.image_size
         self.image_size = cfg.image_size or vcfg.image_size
         self.patch = vcfg.patch_size
+        self.n_patch = (self.image_size // self.patch) ** 2
         self.width = vcfg.hidden_size
         n_hidden = vcfg.num_hidden_layers + 1
         for layer in self.layers:
@@ -200,7 +204,7 @@ class HFVisionEncoder(VisionEncoder):
         if self.joint:
             return [(1, self.model.config.projection_dim if hasattr(self.model.config, "projection_dim")
                      else self.model.config.text_config.hidden_size)]
-        return [((self.image_size // self.patch) ** 2, self.width)] * len(self.layers)
+        return [(self.n_patch, self.width)] * len(self.layers)
 
     def transformer_layers(self) -> list[nn.Module]:
         """The tower's encoder blocks (for methods that insert modules before attention)."""
@@ -214,11 +218,10 @@ class HFVisionEncoder(VisionEncoder):
 
     def layer_features(self, pixels: torch.Tensor) -> list[tuple[torch.Tensor | None, torch.Tensor]]:
         out = self.tower(pixel_values=pixels.to(self.tower.dtype), output_hidden_states=True, **self._interp())
-        n_patch = (self.image_size // self.patch) ** 2
         feats = []
         for layer in self.layers:
             h = out.hidden_states[layer]  # [B, extra + P, D]
-            extra = h.shape[1] - n_patch  # CLS / register tokens in front of the patches
+            extra = h.shape[1] - self.n_patch  # CLS / register tokens in front of the patches
             feats.append((h[:, :1] if extra else None, h[:, extra:]))
         return feats
 
@@ -274,11 +277,11 @@ class DualEncoder(VisionEncoder):
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         hi = self.high.encode(pixels)
-        std = lambda e: torch.tensor(e.std, device=pixels.device).view(1, 3, 1, 1)  # noqa: E731
-        mean = lambda e: torch.tensor(e.mean, device=pixels.device).view(1, 3, 1, 1)  # noqa: E731
-        raw = pixels.float() * std(self.high) + mean(self.high)
+        hi_mean, hi_std = self.high.norm_stats(pixels.device)
+        lo_mean, lo_std = self.low.norm_stats(pixels.device)
+        raw = pixels.float() * hi_std + hi_mean
         raw = F.interpolate(raw, size=(self.low.image_size,) * 2, mode="bicubic", antialias=True, align_corners=False)
-        lo = self.low.encode(((raw - mean(self.low)) / std(self.low)).to(pixels.dtype))
+        lo = self.low.encode(((raw - lo_mean) / lo_std).to(pixels.dtype))
         d = self.embed_dim
         return torch.cat([F.pad(lo, (0, d - lo.shape[-1])), F.pad(hi, (0, d - hi.shape[-1]))], dim=1)
 

@@ -47,3 +47,17 @@ def check_placeholders(turns: list[tuple[str, str]], has_image: bool, where: str
     if n != int(has_image):
         raise DataError(f"{where}: the text contains a literal {IMAGE_PLACEHOLDER} "
                         f"({n} placeholders for {int(has_image)} image)")
+
+
+def instruction_fields(raw: dict, where: str, keys: tuple[str, str, str], sep: str) -> tuple[str, str]:
+    """(user text, answer) of an instruction record ``{instruction, input?, output}`` under the
+    format's own key names: the instruction, then the input after ``sep`` when there is one."""
+    k_ins, k_in, k_out = keys
+    instruction, inp, output = raw.get(k_ins), raw.get(k_in) or "", raw.get(k_out)
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise DataError(f"{where}: '{k_ins}' must be a non-empty string")
+    if not isinstance(inp, str):
+        raise DataError(f"{where}: '{k_in}' must be a string")
+    if not isinstance(output, str) or not output.strip():
+        raise DataError(f"{where}: '{k_out}' must be a non-empty string")
+    return instruction.strip() + (f"{sep}{inp.strip()}" if inp.strip() else ""), output.strip()

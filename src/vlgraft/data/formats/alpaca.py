@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from vlgraft.data.formats._common import check_placeholders, existing_file, iter_jsonl, read_json
+from vlgraft.data.formats._common import check_placeholders, existing_file, instruction_fields, iter_jsonl, read_json
 from vlgraft.data.records import Record
 from vlgraft.errors import DataError
 from vlgraft.registry import DATASET
@@ -22,15 +22,8 @@ _FIELDS = ("id", "instruction", "input", "output")
 def _record(raw: object, index: int, where: str) -> Record:
     if not isinstance(raw, dict):
         raise DataError(f"{where}: a record must be an object")
-    instruction, inp, output = raw.get("instruction"), raw.get("input") or "", raw.get("output")
-    if not isinstance(instruction, str) or not instruction.strip():
-        raise DataError(f"{where}: 'instruction' must be a non-empty string")
-    if not isinstance(inp, str):
-        raise DataError(f"{where}: 'input' must be a string")
-    if not isinstance(output, str) or not output.strip():
-        raise DataError(f"{where}: 'output' must be a non-empty string")
-    user = instruction.strip() + (f"\n\n{inp.strip()}" if inp.strip() else "")
-    turns = [("user", user), ("assistant", output.strip())]
+    user, answer = instruction_fields(raw, where, ("instruction", "input", "output"), "\n\n")
+    turns = [("user", user), ("assistant", answer)]
     check_placeholders(turns, False, where)
     rid = str(raw["id"]) if raw.get("id") is not None else f"alpaca-{index}"
     return Record(id=rid, image=None, turns=turns, meta={k: v for k, v in raw.items() if k not in _FIELDS},

@@ -17,7 +17,7 @@ import binascii
 from collections.abc import Iterator
 
 from vlgraft.data.formats._images import store_image_bytes
-from vlgraft.data.formats._common import check_placeholders, existing_file, iter_jsonl
+from vlgraft.data.formats._common import check_placeholders, existing_file, instruction_fields, iter_jsonl
 from vlgraft.data.records import IMAGE_PLACEHOLDER, Record
 from vlgraft.errors import DataError
 from vlgraft.registry import DATASET
@@ -42,21 +42,14 @@ def m3it(path: str) -> Iterator[Record]:
         where = f"{p}: line {ln}"
         if not isinstance(raw, dict):
             raise DataError(f"{where}: a line must be a JSON object")
-        instruction, inputs, outputs = raw.get("instruction"), raw.get("inputs") or "", raw.get("outputs")
-        if not isinstance(instruction, str) or not instruction.strip():
-            raise DataError(f"{where}: 'instruction' must be a non-empty string")
-        if not isinstance(inputs, str):
-            raise DataError(f"{where}: 'inputs' must be a string")
-        if not isinstance(outputs, str) or not outputs.strip():
-            raise DataError(f"{where}: 'outputs' must be a non-empty string")
+        user, answer = instruction_fields(raw, where, ("instruction", "inputs", "outputs"), "\n")
         images = raw.get("image_base64_str") or []
         if isinstance(images, str):
             images = [images]
         if not isinstance(images, list):
             raise DataError(f"{where}: 'image_base64_str' must be a list of base64 strings")
         image = str(store_image_bytes(_decode(images[0], where), where)) if images else None
-        user = instruction.strip() + (f"\n{inputs.strip()}" if inputs.strip() else "")
-        turns = [("user", (f"{IMAGE_PLACEHOLDER}\n" if image else "") + user), ("assistant", outputs.strip())]
+        turns = [("user", (f"{IMAGE_PLACEHOLDER}\n" if image else "") + user), ("assistant", answer)]
         check_placeholders(turns, image is not None, where)
         yield Record(id=f"m3it-{ln}", image=image, turns=turns, meta={"line": ln, "n_images": len(images)},
                      source=where)
