@@ -143,3 +143,46 @@ def test_lr_mm1_follows_the_llm_size(tiny_recipe):
     r.trainable[0].lr = "fast"
     with pytest.raises(ConfigError, match="'mm1'"):
         build_optimizer(resolve_groups(vlm, r.trainable), llm)
+
+
+def test_init_from_chains_stage_one_by_reference(tiny_recipe, tmp_path):
+    """Stage 1 trains the connector only; stage 2 starts from it (by reference), freezes it and
+    trains LoRA. Stage 2's checkpoint holds only LoRA, and loading it restores stage 1's connector."""
+    from vlgraft.config import Recipe, from_dict
+    from vlgraft.errors import VlgraftError
+
+    s1 = to_dict(tiny_recipe(max_steps=2))
+    s1["methods"], s1["trainable"] = [], [{"name": "connector", "params": ["connector"], "lr": 1e-2}]
+    s1["train"]["output_dir"] = str(tmp_path / "stage1")
+    with pytest.raises(VlgraftError, match="depends on no trainable parameter"):  # its text-only records
+        train(from_dict(Recipe, s1), source="test")
+    s1["data"]["limit"] = 12  # the 12 image records
+    run1 = train(from_dict(Recipe, s1), source="test", overwrite=True)
+    w1 = _weights(run1)
+    assert set(w1) and all(k.startswith("connector.") for k in w1)
+
+    s2 = to_dict(tiny_recipe(max_steps=2))
+    s2["init_from"] = str(run1)
+    s2["trainable"] = [{"name": "lora", "params": ["llm.*lora_*"], "lr": 1e-2}]
+    s2["train"]["output_dir"] = str(tmp_path / "stage2")
+    run2 = train(from_dict(Recipe, s2), source="test")
+    w2 = _weights(run2)
+    assert w2 and all(".lora_" in k for k in w2)  # no copy of stage 1's weights
+    vlm, _, _ = load_vlm(run2)
+    params = dict(vlm.named_parameters())
+    for k, v in w1.items():  # the frozen connector is stage 1's, bit for bit
+        assert torch.equal(params[k].detach(), v), k
+    for k, v in w2.items():
+        assert torch.equal(params[k].detach(), v), k
+
+    # a reference to a run built with a different connector or extra methods is refused by name
+    s3 = dict(s2, init_from=str(run2))
+    s3["connector"] = {"name": "linear"}
+    with pytest.raises(VlgraftError, match="connector.name"):
+        ckpt_mod.load_init(None, from_dict(Recipe, s3))
+    s4 = dict(s1, init_from=str(run2))
+    from vlgraft.models.vlm import VLM
+    with pytest.raises(VlgraftError, match="lora"):
+        ckpt_mod.load_init(VLM.from_recipe(from_dict(Recipe, s4), "test"), from_dict(Recipe, s4))
+    with pytest.raises(VlgraftError, match="no checkpoint"):
+        ckpt_mod.load_init(None, from_dict(Recipe, dict(s2, init_from=str(tmp_path / "nowhere"))))

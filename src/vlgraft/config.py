@@ -150,6 +150,9 @@ class Recipe:
                                      help="parameter groups that train; everything else is frozen")
     vision_hr: Optional[VisionConfig] = _f(None, "a second, high-resolution image encoder (Mini-Gemini); used by "
                                            "the patch_mining connector")
+    init_from: Optional[str] = _f(None, "a previous run or checkpoint (e.g. stage 1 of a curriculum) whose trained "
+                                  "weights initialise this model; kept as a reference: this run's checkpoint holds "
+                                  "only its own trainable parameters and eval/chat load the chain")
     data: DataConfig = _f(factory=DataConfig, help="data")
     train: TrainConfig = _f(factory=TrainConfig, help="training loop")
     eval: EvalConfig = _f(factory=EvalConfig, help="evaluation")

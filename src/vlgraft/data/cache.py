@@ -1,8 +1,8 @@
 """On-disk cache of frozen image-encoder features.
 
-Key = the encoder's ``cache_key`` (weights, feature layer, resolution, normalisation, pooling) and the
-SHA-1 of the image file's bytes, so a changed image or a changed encoder setting is never served a
-stale entry. One small safetensors file per image, written atomically (temp file + rename), so
+Key = the encoder's ``cache_key`` (weights, feature layer, resolution, normalisation, pooling), the
+image loader's version and the SHA-1 of the image file's bytes, so a changed image, encoder setting
+or image loading is never served a stale entry. One small safetensors file per image, written atomically (temp file + rename), so
 concurrent processes and interrupted runs never leave a half-written entry.
 """
 
@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from vlgraft.data.images import load_image
+from vlgraft.data.images import LOADER_VERSION, load_image
 from vlgraft.paths import feature_cache_root
 
 
@@ -30,7 +30,7 @@ class FeatureCache:
     def __init__(self, encoder, precision: str = "fp32", root: Path | None = None):
         self.encoder = encoder
         self.precision = precision  # bf16: encoded under bf16 autocast and stored as bf16
-        self.dir = (root or feature_cache_root()) / f"{encoder.cache_key()}-{precision}"
+        self.dir = (root or feature_cache_root()) / f"{encoder.cache_key()}-{precision}-l{LOADER_VERSION}"
         self._digest: dict[str, str] = {}
 
     def entry(self, image_path: str) -> Path:

@@ -104,6 +104,40 @@ def load_trainable(model, path: Path) -> None:
             p.copy_(weights[n])
 
 
+def load_init(model, recipe, _seen: tuple[Path, ...] = ()) -> list[Path]:
+    """Load the weights of ``recipe.init_from`` (and, first, of its own ``init_from`` chain) into ``model``.
+
+    Every tensor of the referenced checkpoint must exist in ``model`` with the same shape, and the
+    referenced recipe must use the same vision encoder, LLM and connector. Returns the checkpoints
+    loaded, oldest first."""
+    from vlgraft.config import load_recipe
+
+    if not recipe.init_from:
+        return []
+    ckpt = find_checkpoint(recipe.init_from)
+    if ckpt.resolve() in _seen:
+        raise VlgraftError(f"init_from: {ckpt} is referenced twice in one chain (a cycle)")
+    ref = load_recipe(ckpt / "recipe.yaml")
+    for key, a, b in (("vision.name", ref.vision.name, recipe.vision.name), ("llm.name", ref.llm.name, recipe.llm.name),
+                      ("connector.name", ref.connector.name, recipe.connector.name)):
+        if a != b:
+            raise VlgraftError(f"init_from: {ckpt} was trained with {key}={a!r}, this recipe has {b!r}")
+    loaded = load_init(model, ref, _seen + (ckpt.resolve(),))
+    f = ckpt / "trainable.safetensors"
+    weights = load_file(f)
+    params = dict(model.named_parameters())
+    extra = sorted(set(weights) - set(params))
+    if extra:
+        raise VlgraftError(f"init_from: {f} holds {extra[0]!r} (and {len(extra) - 1} more), which this recipe's "
+                           "model does not have (its methods or connector differ)")
+    with torch.no_grad():
+        for n, w in weights.items():
+            if w.shape != params[n].shape:
+                raise VlgraftError(f"init_from: {f}: '{n}' has shape {tuple(w.shape)}, model has {tuple(params[n].shape)}")
+            params[n].copy_(w)
+    return loaded + [ckpt]
+
+
 def load_optimizer(optimizer, path: Path) -> None:
     tensors = load_file(path / "optimizer.safetensors")
     state: dict = {}
@@ -143,5 +177,6 @@ def load_vlm(path: str | Path, device: str | torch.device = "cpu"):
     recipe = load_recipe(ckpt / "recipe.yaml")
     vlm = VLM.from_recipe(recipe, str(ckpt / "recipe.yaml"))
     resolve_groups(vlm, recipe.trainable)
+    load_init(vlm, recipe)
     load_trainable(vlm, ckpt)
     return vlm.to(device).eval(), recipe, ckpt

@@ -227,6 +227,8 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, source:
     set_seed(tc.seed)  # same initial weights on every process
     vlm = VLM.from_recipe(recipe, source)
     resolved = resolve_groups(vlm, recipe.trainable)
+    for c in ckpt.load_init(vlm, recipe):
+        console.print(f"initialised from {c}")
 
     # Data: validate and tokenise everything before any output is written.
     records, sources = load_training_data(recipe.data)
@@ -335,6 +337,10 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, source:
             ctx = accel.no_sync(model) if not sync and world > 1 else contextlib.nullcontext()
             with ctx:
                 out_m = model(**m)
+                if not out_m["loss_sum"].requires_grad:
+                    raise VlgraftError(f"step {step + 1}: a batch's loss depends on no trainable parameter "
+                                       "(e.g. text-only records while only the connector trains); drop those records "
+                                       "or make a language-side group trainable")
                 loss = out_m["loss_sum"] / n_global * world  # DDP averages gradients over processes
                 accel.backward(loss)
             loss_win += torch.stack([out_m["loss_sum"].detach().float(), torch.tensor(float(out_m["n_tokens"]), device=accel.device)])
