@@ -25,6 +25,8 @@ def groups(*gs: tuple[str, str, float]) -> str:
 
 
 CONN = ("connector", "connector", 2e-3)
+# the method alone on the default task (the recipes add text-only data to their mixtures)
+EASYVQA_ONLY = ["data.mixture=[]", "data.train=easyvqa:train", "data.group_by_modality=false"]
 # name -> (recipe, overrides, family)
 VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "lora": ("recipes/default.yaml", [f"methods=[{{name: lora, r: 16, alpha: 32, target_modules: {ATTN}}}]",
@@ -42,8 +44,8 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "prefix-tuning": ("recipes/default.yaml", ["methods=[{name: prefix_tuning, num_virtual_tokens: 10}]",
                                                groups(CONN, ("prefix", "prefix_tuning", 3e-3))], "methods"),
     "llama-adapter-v1": ("recipes/llama_adapter_v1.yaml", [], "methods"),
-    "llama-adapter-v2": ("recipes/llama_adapter_v2.yaml", [], "methods"),
-    "mma": ("recipes/lavin_mma.yaml", [], "methods"),
+    "llama-adapter-v2": ("recipes/llama_adapter_v2.yaml", EASYVQA_ONLY + ["train.modality_groups=null"], "methods"),
+    "mma": ("recipes/lavin.yaml", EASYVQA_ONLY, "methods"),
     # GIT-LLM module study: GIT projection always trained, plus one module
     "Proj": ("recipes/git_llm.yaml", ["methods=[{name: select, modules: [proj]}]",
                                       groups(("projection", "select", 1e-3))], "git"),

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from vlgraft.config import Recipe, from_dict, load_recipe, recipe_help
@@ -67,3 +69,14 @@ def test_bundled_recipes_validate():
     assert len(recipes) >= 6
     for p in recipes:
         load_recipe(p)  # raises, naming the file and key, on anything unknown or mistyped
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_loads(path):
+    """Each recipe under recipes/ validates (keys, types); stage-2 recipes reference stage 1 by run folder."""
+    from vlgraft.config import load_recipe
+
+    recipe = load_recipe(path)
+    assert recipe.name == path.stem
+    if "stage2" in path.stem:
+        assert recipe.init_from == f"runs/{path.stem.replace('stage2', 'stage1')}"

@@ -1,4 +1,4 @@
-"""``vlgraft`` command line: train, eval, chat, export, info.
+"""``vlgraft`` command line: train, eval, chat, export, info, sweep, curate.
 
 Every user error is one line on stderr (exit code 2), naming the file, record or key at fault.
 """
@@ -34,18 +34,40 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    from vlgraft.eval.text import load_text_set
     from vlgraft.eval.vqa import evaluate
     from vlgraft.train.checkpoint import load_vlm
 
+    text_set = load_text_set(args.text_set) if args.text or args.text_only or args.text_set else None  # fail early
     vlm, recipe, ckpt = load_vlm(args.run, _common_device(args))
     out = Path(args.out) if args.out else ckpt.parent / "eval.json" if ckpt.name == "final" else ckpt / "eval.json"
-    res = evaluate(vlm, args.data or recipe.data.eval, turns=recipe.data.turns, batch_size=args.batch_size or recipe.eval.batch_size,
-                   max_new_tokens=recipe.eval.max_new_tokens, limit=args.limit or recipe.eval.limit,
-                   precision=args.precision or recipe.train.precision, image_root=recipe.data.image_root,
-                   out_path=out, loss_records=args.loss_records, max_length=recipe.data.max_length)
-    if "val_loss" in res:
-        print(f"held-out loss {res['val_loss']:.4f} per answer token on {res['val_loss_records']} records")
-    print(f"accuracy {100 * res['accuracy']:.2f}% on {res['n']} questions ({res['questions_per_s']:.1f} questions/s)")
+    precision = args.precision or recipe.train.precision
+    if not args.text_only:
+        res = evaluate(vlm, args.data or recipe.data.eval, turns=recipe.data.turns, batch_size=args.batch_size or recipe.eval.batch_size,
+                       max_new_tokens=recipe.eval.max_new_tokens, limit=args.limit or recipe.eval.limit,
+                       precision=precision, image_root=recipe.data.image_root,
+                       out_path=out, loss_records=args.loss_records, max_length=recipe.data.max_length)
+        if "val_loss" in res:
+            print(f"held-out loss {res['val_loss']:.4f} per answer token on {res['val_loss_records']} records")
+        print(f"accuracy {100 * res['accuracy']:.2f}% on {res['n']} questions ({res['questions_per_s']:.1f} questions/s)")
+    if text_set is not None:
+        _eval_text(args, vlm, recipe, text_set, out, precision)
+
+
+def _eval_text(args, vlm, recipe, text_set, out: Path, precision: str) -> None:
+    """Text-only ability before/after training -> the ``text_ability`` block of eval.json."""
+    import json
+
+    from vlgraft.eval.text import before_after, print_text_ability
+    from vlgraft.eval.vqa import write_result
+
+    block = before_after(vlm, recipe, text_set, batch_size=args.batch_size or 16, precision=precision)
+    rows = block.pop("predictions")
+    result = json.loads(out.read_text()) if out.is_file() else {}
+    result["text_ability"] = block
+    write_result(out, result, rows, ".text.jsonl")
+    print_text_ability(block)
+    print(f"wrote text_ability to {out}")
 
 
 def cmd_chat(args) -> None:
@@ -117,6 +139,9 @@ def cmd_export(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vlgraft.curate.cli import register as register_curate
+    from vlgraft.sweep import register as register_sweep
+
     p = argparse.ArgumentParser(prog="vlgraft", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -139,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--precision", choices=["fp32", "bf16"])
     e.add_argument("--device")
     e.add_argument("--out", help="result JSON (default: RUN/eval.json)")
+    e.add_argument("--text", action="store_true",
+                   help="also measure text-only ability (perplexity, QA accuracy) before and after training")
+    e.add_argument("--text-only", action="store_true", help="only the text-only ability (skip VQA)")
+    e.add_argument("--text-set", metavar="JSONL", help="text set for --text (default: the bundled one; implies --text)")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("chat", help="ask about an image; interactive when no question is given")
@@ -160,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("recipe")
     i.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
     i.set_defaults(func=cmd_info)
+    register_sweep(sub)
+    register_curate(sub)
     return p
 
 

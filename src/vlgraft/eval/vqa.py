@@ -125,6 +125,16 @@ def heldout_loss(vlm, records, turns: str, max_length: int, cache, batch_size: i
 
 
 @torch.no_grad()
+def write_result(out: Path, result: dict, rows: list[dict], rows_suffix: str) -> None:
+    """``result`` as JSON at ``out`` and ``rows`` as JSONL beside it, each written atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for path, text in ((out, json.dumps(result, indent=1)),
+                       (out.with_suffix(rows_suffix), "".join(json.dumps(r) + "\n" for r in rows))):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+
 def evaluate(vlm, data_spec: str, turns: str = "conversation", batch_size: int = 64, max_new_tokens: int = 8, limit: int | None = None,
              precision: str = "bf16", image_root: str | None = None, use_cache: bool = True,
              out_path: Path | None = None, console: Console | None = None, loss_records: int = 0,
@@ -167,12 +177,6 @@ def evaluate(vlm, data_spec: str, turns: str = "conversation", batch_size: int =
         table.add_row(k, str(v["n"]), str(v["correct"]), f"{100 * v['accuracy']:.2f}%")
     console.print(table)
     if out_path is not None:
-        out_path = Path(out_path)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        for path, text in ((out_path, json.dumps(result, indent=1)),
-                           (out_path.with_suffix(".predictions.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))):
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+        write_result(Path(out_path), result, rows, ".predictions.jsonl")
         console.print(f"wrote {out_path}")
     return result
