@@ -173,7 +173,7 @@ def test_filter_copies_example_and_off_topic():
 
 def test_parse_cleans_and_cuts_unfinished_sentence():
     assert parse("detail", "Description: A red square. It sits in the middle of") == [("", "A red square.")]
-    assert parse("conversation", "Sure!\nQ: What is it? A: A square.\nQ: Color?\nA: A: Red, bright\nand even.") == [
+    assert parse("conversation", "Sure!\nQ: What is it? A: A square.\nQ: Color?\nA:\nA: Red, bright\nand even.") == [
         ("What is it?", "A square."), ("Color?", "Red, bright and even.")]
 
 

@@ -17,14 +17,13 @@ def cmd_curate(args) -> None:
         gen = OpenAIGenerator.from_env(args.model, args.base_url, args.api_key_env, timeout=args.timeout)
     else:
         gen = LocalGenerator(args.model or "smollm2-135m-instruct", device=args.device)
-    temperature = args.temperature if args.temperature is not None else 0.7 if args.generator == "openai" else 0.0
     for name in ("limit", "batch_size", "max_new_tokens"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise VlgraftError(f"--{name.replace('_', '-')} must be at least 1, not {v}")
     cfg = CurateConfig(spec=args.data, out=Path(args.out), kinds=tuple(k.strip() for k in args.kinds.split(",") if k.strip()),
                        limit=args.limit, image_root=args.image_root, refine=args.refine,
-                       max_new_tokens=args.max_new_tokens, temperature=temperature, seed=args.seed,
+                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
                        batch_size=args.batch_size, pool_update=args.pool_update, overwrite=args.overwrite)
     print_report(curate(cfg, gen))
 
@@ -47,7 +46,7 @@ def register(sub) -> None:
     c.add_argument("--timeout", type=float, default=120.0, help="openai: seconds per request (default: %(default)s)")
     c.add_argument("--refine", action="store_true", help="second pass: the generator corrects each kept output (MiniGPT-4)")
     c.add_argument("--max-new-tokens", type=int, default=256, help="per generation (default: %(default)s)")
-    c.add_argument("--temperature", type=float, help="0 is greedy (default: 0 local, 0.7 openai)")
+    c.add_argument("--temperature", type=float, default=0.7, help="sampling temperature, 0 is greedy (default: %(default)s)")
     c.add_argument("--seed", type=int, default=0, help="few-shot draws, pool updates, sampling (default: %(default)s)")
     c.add_argument("--batch-size", type=int, default=8, help="source records per generator call (default: %(default)s)")
     c.add_argument("--pool-update", type=float, default=0.25,

@@ -25,7 +25,7 @@ from vlgraft.curate.annotation import NEGATION, Annotation, claims, content_stem
 # (min words, max words) over the whole output, per kind.
 LENGTH = {"conversation": (12, 300), "detail": (15, 250), "reasoning": (15, 250)}
 MIN_PAIRS = {"conversation": 2, "reasoning": 1}
-MAX_REPEAT = 0.3  # fraction of word 3-grams that repeat an earlier one
+MAX_REPEAT = 0.15  # fraction of word 3-grams that repeat an earlier one (the seeds: at most 0.03)
 MAX_COPY = 0.7  # fraction of an output's 3-grams found in one few-shot example
 REASONS = ("unparseable", "length", "repetition", "mentions_source", "copies_example", "missing_key_term",
            "off_topic", "contradicts_annotation", "negates_annotation", "answer_disagrees", "duplicate")  # in order
@@ -72,11 +72,11 @@ def parse(kind: str, text: str) -> list[tuple[str, str]] | None:
             inline = _INLINE_A.split(q, maxsplit=1)
             cur = [inline[0].strip(), inline[1].strip() if len(inline) == 2 else None]
             pairs.append(cur)
-        elif _A.match(line) and cur is not None and cur[1] is None:
+        elif _A.match(line) and cur is not None and not cur[1]:
             cur[1] = _A.sub("", line).strip()
         elif cur is not None and line.strip():
             i = 0 if cur[1] is None else 1
-            cur[i] = (cur[i] + " " + line.strip()) if cur[i] else line.strip()
+            cur[i] = f"{cur[i]} {line.strip()}" if cur[i] else _A.sub("", line).strip()
     out = [(q, clean(a)) for q, a in pairs if q and a and clean(a)]
     keep = _until_repeat([q for q, _ in out])
     out = out[:len(keep)]

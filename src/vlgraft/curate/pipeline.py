@@ -39,7 +39,7 @@ class CurateConfig:
     image_root: str | None = None
     refine: bool = False
     max_new_tokens: int = 256
-    temperature: float = 0.0
+    temperature: float = 0.7
     seed: int = 0
     batch_size: int = 8
     pool_update: float = 0.25  # probability that a kept generation replaces the pool's oldest example
