@@ -145,6 +145,8 @@ VOCAB = {"red", "green", "blue"}
     ("detail", "red " * 300, "length"),
     ("detail", "The square is red and the square is red and the square is red and the square is red and it is red.", "repetition"),
     ("detail", "According to the annotation, the square in the middle is painted a deep and even shade of red.", "mentions_source"),
+    ("detail", "Here's the corrected text: a red square sits in the middle of the picture on its own, with nothing else.", "mentions_source"),
+    ("detail", "A red square sits in the middle of the picture on its own. Note: I removed the repeated sentences.", "mentions_source"),
     ("detail", "The picture shows one square in the middle of a plain white background, drawn with sharp straight edges.", "missing_key_term"),
     ("detail", "A red square sits next to a blue square in the middle of a plain white background, both small.", "contradicts_annotation"),
     ("detail", "The picture shows a red square. The square is not red at all, it has no color and sits on white paper.", "negates_annotation"),
@@ -173,7 +175,7 @@ def test_filter_copies_example_and_off_topic():
 
 def test_parse_cleans_and_cuts_unfinished_sentence():
     assert parse("detail", "Description: A red square. It sits in the middle of") == [("", "A red square.")]
-    assert parse("conversation", "Sure!\nQ: What is it? A: A square.\nQ: Color?\nA:\nA: Red, bright\nand even.") == [
+    assert parse("conversation", "Sure!\nQ: What is it? A: A: A square.\nQ: Color?\nA:\nA: Red, bright\nand even.") == [
         ("What is it?", "A square."), ("Color?", "Red, bright and even.")]
 
 

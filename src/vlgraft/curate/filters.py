@@ -3,7 +3,7 @@
 Checks, in order (the first that fails is the reason): ``unparseable`` (no complete Q/A pair; a
 conversation needs two), ``length`` (word count outside the kind's bounds), ``repetition`` (too
 many repeated word 3-grams), ``mentions_source`` (talks about the annotation, caption, question or
-answer instead of the image), ``copies_example`` (mostly a copy of a few-shot example),
+answer instead of the image, or, after refining, about its own edits), ``copies_example`` (mostly a copy of a few-shot example),
 ``missing_key_term`` (does not mention the record's name or a short answer), ``off_topic`` (no
 key terms: shares too few words with the annotation), ``contradicts_annotation`` (uses a colour /
 shape / label from the data set that this record's annotation never mentions, or states one that
@@ -35,7 +35,9 @@ _A = re.compile(r"^(?:\s*(?:\*\*)?(?:A|Answer|Assistant|GPT)\s*\d*(?:\*\*)?\s*[:
 _INLINE_A = re.compile(r"\s+(?:A|Answer)\s*:\s+")
 _LABEL = re.compile(r"^\s*(?:description|output|text|answer)\s*:\s*", re.I)
 _SOURCE = re.compile(r"\b(annotations?|captions?|the (?:question|answer|text|description)s?|short names?|"
-                     r"bounding box(?:es)?)\b|^\s*(?:name|category|also called)\s*:", re.I | re.M)
+                     r"bounding box(?:es)?|(?:provided|given|original|corrected|revised) text|"
+                     r"I (?:removed|added|changed|corrected|fixed|kept)|here(?:'s| is) the)\b|"
+                     r"^\s*(?:name|category|also called|note)\s*:", re.I | re.M)
 
 
 def clean(text: str) -> str:
@@ -70,7 +72,7 @@ def parse(kind: str, text: str) -> list[tuple[str, str]] | None:
         if _Q.match(line):
             q = _Q.sub("", line)
             inline = _INLINE_A.split(q, maxsplit=1)
-            cur = [inline[0].strip(), inline[1].strip() if len(inline) == 2 else None]
+            cur = [inline[0].strip(), _A.sub("", inline[1]).strip() if len(inline) == 2 else None]
             pairs.append(cur)
         elif _A.match(line) and cur is not None and not cur[1]:
             cur[1] = _A.sub("", line).strip()
