@@ -177,8 +177,9 @@ def test_m3it(tmp_path):
     recs = load_records(f"m3it:{p}")
     assert [r.id for r in recs] == ["m3it-1", "m3it-2", "m3it-3", "m3it-4"]
     assert recs[0].turns == [("user", f"{IMAGE_PLACEHOLDER}\nWhat color is it?"), ("assistant", "Red.")]
-    assert recs[1].turns[0] == ("user", f"{IMAGE_PLACEHOLDER}\nCompare.\nBe short.")
+    assert recs[1].turns[0] == ("user", f"{IMAGE_PLACEHOLDER}\n{IMAGE_PLACEHOLDER}\nCompare.\nBe short.")
     assert recs[1].meta["n_images"] == 2 and recs[0].meta["n_images"] == 1
+    assert len(recs[1].images) == 2 and len(recs[0].images) == 1  # every image kept, in order
     assert Path(recs[0].image).suffix == ".png" and Path(recs[1].image).suffix == ".jpg"
     assert Path(recs[1].image).read_bytes() == _jpeg()  # the first image, written as is
     assert recs[0].image == recs[3].image  # content-addressed: one file per distinct image

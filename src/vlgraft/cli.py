@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("chat", help="ask about an image; interactive when no question is given")
     c.add_argument("question", nargs="*")
-    c.add_argument("--image", help="image file")
+    c.add_argument("--image", action="append", help="image file; repeat for several images (placed in order before the first question)")
     c.add_argument("--ckpt", default="runs/default", help="run folder or checkpoint folder")
     c.add_argument("--max-new-tokens", type=int, default=128)
     c.add_argument("--precision", choices=["fp32", "bf16"])

@@ -52,8 +52,50 @@ def _segments(turns: list[tuple[str, str]], llm: LanguageModel, add_generation_p
         yield rest[pos:], False
 
 
+def tokenize_document(rec: Record, llm: LanguageModel, n_img: int, max_length: int) -> dict:
+    """An interleaved image-text document as plain language modelling (MM1 / OBELICS pre-training):
+    no chat template, every text token labelled, visual positions not, the tokenizer's end-of-text
+    token closes the document. A document longer than ``max_length`` is cut there; a cut inside an
+    image's visual tokens moves before that image, and ``n_images`` says how many images remain."""
+    text = rec.turns[0][1]
+    ids = _encode(text, llm, n_img)
+    eos = llm.tokenizer.eos_token_id
+    if eos is not None:
+        ids.append(eos)
+    n_images = len(rec.images)
+    if len(ids) > max_length:
+        cut = max_length
+        if n_img:  # a cut inside an image's visual tokens moves back to before that image
+            cut -= ids[:cut].count(IMAGE_TOKEN_ID) % n_img
+            n_images = ids[:cut].count(IMAGE_TOKEN_ID) // n_img
+        else:  # images take no positions: keep those whose placeholder lies in the kept text
+            n_images = _images_before(text, llm, cut)
+        ids = ids[:cut]
+        log.warning("%s: document truncated to %d tokens (data.max_length), %d of %d images kept",
+                    rec.where, cut, n_images, len(rec.images))
+    labels = [IGNORE if t == IMAGE_TOKEN_ID else t for t in ids]
+    if sum(lab != IGNORE for lab in labels[1:]) == 0:
+        raise DataError(f"{rec.where}: the document has no text token to learn from within data.max_length={max_length}")
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "n_images": n_images}
+
+
+def _images_before(text: str, llm: LanguageModel, n_tokens: int) -> int:
+    """How many ``<image>`` placeholders start within the first ``n_tokens`` tokens of ``text``
+    (when images take no sequence positions)."""
+    count, used = 0, 0
+    for k, part in enumerate(text.split(IMAGE_PLACEHOLDER)):
+        if k:
+            if used >= n_tokens:
+                break
+            count += 1
+        used += len(llm.tokenizer(part, add_special_tokens=False).input_ids) if part else 0
+    return count
+
+
 def tokenize_conversation(rec: Record, llm: LanguageModel, n_img: int, max_length: int) -> dict:
     """Training example: ``input_ids`` and ``labels`` (IGNORE except on assistant replies)."""
+    if rec.document:
+        return tokenize_document(rec, llm, n_img, max_length)
     ids: list[int] = []
     labels: list[int] = []
     for text, labelled in _segments(rec.turns, llm, False, rec.where):
@@ -96,7 +138,10 @@ def _single_turns(rec: Record) -> list[list[tuple[str, str]]]:
     lead = ""
     if rec.has_image:
         first = body[0][1]
-        k = first.index(IMAGE_PLACEHOLDER) + len(IMAGE_PLACEHOLDER)
+        if first.count(IMAGE_PLACEHOLDER) != max(1, len(rec.images)):
+            raise DataError(f"{rec.where}: with data.turns=independent every {IMAGE_PLACEHOLDER} must be in the "
+                            "first question (each question is asked about all images); use data.turns=conversation")
+        k = first.rindex(IMAGE_PLACEHOLDER) + len(IMAGE_PLACEHOLDER)
         if first[k: k + 1] == "\n":
             k += 1
         lead, body[0] = first[:k], ("user", first[k:])
@@ -114,8 +159,10 @@ def tokenize_independent(rec: Record, llm: LanguageModel, n_img: int, max_length
     inference — while the image is encoded and attended once per sequence, and no answer can be
     read off an earlier pair's text.
     """
-    singles = [tokenize_conversation(Record(rec.id, rec.image, t, source=rec.where, image_text=rec.image_text),
-                                     llm, n_img, 10**9)
+    if rec.document:
+        return tokenize_document(rec, llm, n_img, max_length)
+    singles = [tokenize_conversation(Record(rec.id, rec.image, t, source=rec.where, image_text=rec.image_text,
+                                            more_images=rec.more_images), llm, n_img, 10**9)
                for t in _single_turns(rec)]
     ids0 = singles[0]["input_ids"]
     p = common_prefix_len([s["input_ids"] for s in singles])

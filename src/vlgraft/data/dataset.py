@@ -11,17 +11,19 @@ from vlgraft.data.images import load_image
 from vlgraft.data.records import Record
 
 
-def image_input(rec: Record, cache: FeatureCache | None, vision) -> dict:
-    """A record's image as cached features or as pixels (nothing for a text-only record); a TOMGPT
-    ``image_text`` as the paired text encoder's embedding, which stands in for image features."""
+def image_input(rec: Record, cache: FeatureCache | None, vision, n_images: int | None = None) -> dict:
+    """A record's images (the first ``n_images``; all by default) as cached features ``[k, N, D]`` or
+    as pixels ``[k, 3, S, S]`` (nothing for a text-only record); a TOMGPT ``image_text`` as the paired
+    text encoder's embedding ``[1, N, D]``, which stands in for image features."""
     if rec.image_text is not None:
         with torch.no_grad():
-            return {"image_features": vision.encode_text([rec.image_text])[0].float()}
-    if rec.image is None:
+            return {"image_features": vision.encode_text([rec.image_text]).float()}
+    paths = rec.images[:n_images] if n_images is not None else rec.images
+    if not paths:
         return {}
     if cache is not None:
-        return {"image_features": cache.load(rec.image)}
-    return {"pixel_values": vision.preprocess([load_image(rec.image, rec.where)])[0]}
+        return {"image_features": torch.stack([cache.load(p) for p in paths])}
+    return {"pixel_values": vision.preprocess([load_image(p, rec.where) for p in paths])}
 
 
 class ConversationDataset(torch.utils.data.Dataset):
@@ -42,12 +44,15 @@ class ConversationDataset(torch.utils.data.Dataset):
         return len(self.examples[i]["input_ids"])
 
     def __getitem__(self, i: int) -> dict:
-        rec, ex = self.records[i], self.examples[i]
-        return {**ex, "image_features": None, "pixel_values": None, **image_input(rec, self.cache, self.vision)}
+        rec, ex = self.records[i], dict(self.examples[i])
+        n = ex.pop("n_images", None)
+        return {**ex, "image_features": None, "pixel_values": None, **image_input(rec, self.cache, self.vision, n)}
 
 
 def collate(batch: list[dict], pad_id: int, left: bool = False) -> dict:
-    """Pad to the longest sequence (right for training, left for generation); stack images in order."""
+    """Pad to the longest sequence (right for training, left for generation); images of all samples
+    concatenated in order (``[sum k, ...]``), ``image_counts`` saying how many each sample has. A
+    sample gives ``[k, ...]`` images, or one image without the leading count."""
     def pad(seqs, value):
         if left:
             return pad_sequence([s.flip(0) for s in seqs], batch_first=True, padding_value=value).flip(1)
@@ -61,9 +66,12 @@ def collate(batch: list[dict], pad_id: int, left: bool = False) -> dict:
     if "segment_ids" in batch[0]:  # packed independent turns: positions restart per segment
         out["position_ids"] = pad([b["position_ids"] for b in batch], 0)
         out["segment_ids"] = pad([b["segment_ids"] for b in batch], -1)
-    out["has_image"] = torch.tensor([b.get("image_features") is not None or b.get("pixel_values") is not None
-                                     for b in batch])
-    for key in ("image_features", "pixel_values"):
-        xs = [b[key] for b in batch if b.get(key) is not None]
-        out[key] = torch.stack(xs) if xs else None
+    one = {"image_features": 2, "pixel_values": 3}  # dims of a single image without its leading count
+    images = [{k: (b[k].unsqueeze(0) if b[k].dim() == d else b[k]) for k, d in one.items() if b.get(k) is not None}
+              for b in batch]
+    out["image_counts"] = torch.tensor([next((len(v) for v in im.values()), 0) for im in images])
+    out["has_image"] = out["image_counts"] > 0
+    for key in one:
+        xs = [im[key] for im in images if key in im]
+        out[key] = torch.cat(xs) if xs else None
     return out

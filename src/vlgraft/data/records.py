@@ -1,8 +1,10 @@
 """The canonical record: LLaVA's conversation format, validated.
 
 A record is ``{"id", "image"?, "conversations": [{"from": "human"|"gpt"|"system", "value": str}, ...]}``.
-An image-text record has exactly one ``<image>`` placeholder in its turns; a text-only record has
-none. For TOMGPT-style text-only training a record may carry ``image_text`` instead of ``image``: a
+``image`` is one path or a list of paths (several images, in the order of their placeholders); an
+image-text record has one ``<image>`` placeholder per image in its human turns; a text-only record has
+none. An interleaved image-text *document* (``interleaved:`` format) is a record with
+``document=True`` and a single turn: text with ``<image>`` placeholders, learnt as a whole. For TOMGPT-style text-only training a record may carry ``image_text`` instead of ``image``: a
 text that the paired text encoder of a CLIP-style model embeds in the image's place. Every check names the file and the record.
 """
 
@@ -21,15 +23,22 @@ _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "ass
 @dataclass
 class Record:
     id: str
-    image: str | None  # resolved path, or None for text-only
-    turns: list[tuple[str, str]]  # (role in user|assistant|system, text)
+    image: str | None  # resolved path of the (first) image, or None for text-only
+    turns: list[tuple[str, str]]  # (role in user|assistant|system|document, text)
     meta: dict = field(default_factory=dict)
     source: str = ""  # "file:record" for error messages
     image_text: str | None = None  # TOMGPT: a text standing in for the image (encoded by the paired text tower)
+    more_images: list[str] = field(default_factory=list)  # images 2..n, in placeholder order
+    document: bool = False  # an interleaved document: one ("document", text) turn, every text token learnt
 
     @property
     def has_image(self) -> bool:
         return self.image is not None or self.image_text is not None
+
+    @property
+    def images(self) -> list[str]:
+        """Every image path, in the order of the record's ``<image>`` placeholders."""
+        return ([self.image] if self.image is not None else []) + self.more_images
 
     @property
     def where(self) -> str:
@@ -61,6 +70,7 @@ def parse_record(raw: dict, index: int, source: str, image_root: Path | None) ->
         raise DataError(f"{where}: no gpt turn, nothing to learn or evaluate")
     n_ph = sum(text.count(IMAGE_PLACEHOLDER) for _, text in turns)
     image, image_text = raw.get("image"), raw.get("image_text")
+    more: list[str] = []
     if image_text is not None:
         if image is not None:
             raise DataError(f"{where}: has both 'image' and 'image_text' (one stands for the other)")
@@ -72,20 +82,29 @@ def parse_record(raw: dict, index: int, source: str, image_root: Path | None) ->
         if n_ph:
             raise DataError(f"{where}: has an {IMAGE_PLACEHOLDER} placeholder but no 'image'")
     else:
-        if not isinstance(image, str):
-            raise DataError(f"{where}: 'image' must be one path (string)")
-        if n_ph != 1:
-            raise DataError(f"{where}: has an 'image' but {n_ph} {IMAGE_PLACEHOLDER} placeholders (need exactly 1)")
+        paths = [image] if isinstance(image, str) else image
+        if not isinstance(paths, list) or not paths or not all(isinstance(x, str) and x for x in paths):
+            raise DataError(f"{where}: 'image' must be a path (string) or a non-empty list of paths")
+        if n_ph != len(paths):
+            raise DataError(f"{where}: has {len(paths)} image(s) but {n_ph} {IMAGE_PLACEHOLDER} placeholders "
+                            "(need one per image)")
         if any(IMAGE_PLACEHOLDER in text for r, text in turns if r != "user"):
             raise DataError(f"{where}: the {IMAGE_PLACEHOLDER} placeholder must be in a human turn")
-        p = Path(image)
-        if not p.is_absolute() and image_root is not None:
-            p = image_root / p
-        if not p.is_file():
-            raise DataError(f"{where}: image file not found: {p}")
-        image = str(p)
+        resolved = [resolve_image(x, image_root, where) for x in paths]
+        image, more = resolved[0], resolved[1:]
     meta = {k: v for k, v in raw.items() if k not in ("id", "image", "image_text", "conversations")}
-    return Record(id=rid, image=image, turns=turns, meta=meta, source=where, image_text=image_text)
+    return Record(id=rid, image=image, turns=turns, meta=meta, source=where, image_text=image_text,
+                  more_images=more)
+
+
+def resolve_image(path: str, image_root: Path | None, where: str) -> str:
+    """An image path made absolute against ``image_root``; the file must exist."""
+    p = Path(path)
+    if not p.is_absolute() and image_root is not None:
+        p = image_root / p
+    if not p.is_file():
+        raise DataError(f"{where}: image file not found: {p}")
+    return str(p)
 
 
 def load_llava_json(path: str | Path, image_root: str | Path | None = None, limit: int | None = None) -> list[Record]:

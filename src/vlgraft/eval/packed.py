@@ -37,7 +37,8 @@ def generate_packed(vlm, batch: dict, n_questions: list[int], max_new_tokens: in
     """``batch``: collated packed prompts (right-padded). Returns new token ids per record per question."""
     model = vlm.llm.model
     x = vlm.prepare(batch["input_ids"], None, batch.get("pixel_values"), batch.get("image_features"),
-                    batch.get("has_image"), position_ids=batch["position_ids"], segment_ids=batch["segment_ids"])
+                    batch.get("has_image"), position_ids=batch["position_ids"], segment_ids=batch["segment_ids"],
+                    image_counts=batch.get("image_counts"))
     embeds, seg, pos = x["embeds"], x["segment_ids"], x["position_ids"]
     b, t = seg.shape
     g = max(n_questions)

@@ -21,6 +21,7 @@ from vlgraft.data.conversation import _single_turns, tokenize_prompt
 from vlgraft.data.dataset import collate, image_input
 from vlgraft.data.records import load_records
 from vlgraft.eval.packed import generate_packed, packed_prompt
+from vlgraft.errors import DataError
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -37,6 +38,9 @@ def eval_items(records, turns: str = "conversation") -> list[dict]:
     history). ``independent``: the question alone, with the record's image, as a single-turn prompt."""
     items = []
     for rec in records:
+        if rec.document:
+            raise DataError(f"{rec.where}: an interleaved document has no question to answer; evaluate on a "
+                            "question or caption set (documents are for training)")
         types = rec.meta.get("answer_types")
         if turns == "independent":
             for k, conv in enumerate(_single_turns(rec)):
@@ -144,7 +148,7 @@ def evaluate(vlm, data_spec: str, turns: str = "conversation", batch_size: int =
     items = eval_items(load_records(data_spec, image_root), turns)[:limit]
     cache = FeatureCache(vlm.vision, precision) if use_cache and vlm.vision_cacheable() else None
     if cache is not None:
-        cache.fill([(it["record"].image, it["record"].where) for it in items if it["record"].image], device)
+        cache.fill([(p, it["record"].where) for it in items for p in it["record"].images], device)
     val_loss, recs = None, []
     if loss_records:
         recs = list({id(it["record"]): it["record"] for it in items}.values())[:loss_records]

@@ -26,12 +26,19 @@ class MethodContext:
     visual: torch.Tensor | None  # [B_img, M, Dl] connector output, images in batch order
     has_image: torch.Tensor  # [B] bool
     store: dict = field(default_factory=dict)  # per-batch values kept across decode steps (e.g. MMA routes)
+    image_counts: torch.Tensor | None = None  # [B] images per sample (None: at most one each)
 
     def visual_per_sample(self) -> torch.Tensor | None:
-        """``[B, M, Dl]`` with zeros for text-only samples (None when the batch has no image)."""
+        """``[B, M, Dl]`` with zeros for text-only samples (None when the batch has no image). A sample
+        with several images (interleaved documents) gets their token-wise mean: methods that take the
+        image outside the sequence see one image-sized input per sample."""
         if self.visual is None:
             return None
         b = self.has_image.shape[0]
+        if self.image_counts is not None and bool((self.image_counts > 1).any()):
+            owner = torch.repeat_interleave(torch.arange(b, device=self.visual.device), self.image_counts.to(self.visual.device))
+            out = self.visual.new_zeros(b, *self.visual.shape[1:]).index_add(0, owner, self.visual)
+            return out / self.image_counts.clamp(min=1).to(out.device, out.dtype).view(b, *([1] * (out.dim() - 1)))
         out = self.visual.new_zeros(b, *self.visual.shape[1:])
         out[self.has_image] = self.visual
         return out

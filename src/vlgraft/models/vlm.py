@@ -80,23 +80,28 @@ class VLM(nn.Module):
         return self.connector(image_features)
 
     def prepare(self, input_ids, attention_mask=None, pixel_values=None, image_features=None, has_image=None,
-                labels=None, position_ids=None, segment_ids=None) -> dict:
+                labels=None, position_ids=None, segment_ids=None, image_counts=None) -> dict:
         """Everything before the LLM's layers: encode and connect images, set the methods' context,
         splice visual tokens, put method prefixes (soft prompts, MMA's modality token) in front and
-        shift masks, labels and positions to match."""
+        shift masks, labels and positions to match. ``image_counts`` ``[B]`` (from ``collate``) says
+        how many of the images, in order, belong to each sample; without it a sample has at most one."""
         visual = self.visual_embeds(pixel_values, image_features)
         b = input_ids.shape[0]
         n_img = 0 if visual is None else visual.shape[0]
-        if has_image is None:
+        if image_counts is not None:
+            if int(image_counts.sum()) != n_img:
+                raise VlgraftError(f"batch counts {int(image_counts.sum())} images over its samples but has {n_img}")
+            has_image = image_counts > 0
+        elif has_image is None:
             if self.num_image_tokens:
                 has_image = (input_ids == IMAGE_TOKEN_ID).any(1)
             elif n_img in (0, b):
                 has_image = torch.full((b,), bool(n_img), dtype=torch.bool, device=input_ids.device)
             else:
                 raise VlgraftError(f"{n_img} images for {b} samples: pass has_image to say which samples have one")
-        if int(has_image.sum()) != n_img:
+        if image_counts is None and int(has_image.sum()) != n_img:
             raise VlgraftError(f"batch marks {int(has_image.sum())} samples as having an image but has {n_img} images")
-        self.ctx_holder.ctx = MethodContext(visual=visual, has_image=has_image)
+        self.ctx_holder.ctx = MethodContext(visual=visual, has_image=has_image, image_counts=image_counts)
         embeds = self.embed_inputs(input_ids, visual if self.num_image_tokens else None)
         prefixes = [p for m in self.methods if (p := m.prefix_embeds(self, self.ctx, b)) is not None]
         if prefixes:
@@ -153,13 +158,13 @@ class VLM(nn.Module):
         return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
     def forward(self, input_ids, attention_mask, labels=None, pixel_values=None, image_features=None,
-                position_ids=None, segment_ids=None, has_image=None):
+                position_ids=None, segment_ids=None, has_image=None, image_counts=None):
         """``position_ids``/``segment_ids`` come with packed independent turns (see ``segment_mask``).
         With ``labels``: ``{"loss_sum", "n_tokens"}`` — cross-entropy summed over labelled positions,
         computed only there (the LM head over the vocabulary is a large share of the FLOPs and most
         positions carry no label). Without: ``{"logits"}`` for every position."""
         x = self.prepare(input_ids, attention_mask, pixel_values, image_features, has_image, labels,
-                         position_ids, segment_ids)
+                         position_ids, segment_ids, image_counts)
         embeds, attention_mask, labels, position_ids = x["embeds"], x["attention_mask"], x["labels"], x["position_ids"]
         if x["segment_ids"] is not None:
             attention_mask = self.segment_mask(x["segment_ids"], embeds.dtype)
@@ -176,9 +181,10 @@ class VLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, pixel_values=None, image_features=None, has_image=None,
-                 max_new_tokens: int = 32, streamer=None, **kw) -> torch.Tensor:
+                 max_new_tokens: int = 32, streamer=None, image_counts=None, **kw) -> torch.Tensor:
         """Greedy (by default) generation with the KV cache; ``input_ids`` left-padded. Returns new tokens."""
-        x = self.prepare(input_ids, attention_mask, pixel_values, image_features, has_image)
+        x = self.prepare(input_ids, attention_mask, pixel_values, image_features, has_image,
+                         image_counts=image_counts)
         tok = self.llm.tokenizer
         return self.llm.model.generate(
             inputs_embeds=x["embeds"], attention_mask=x["attention_mask"], max_new_tokens=max_new_tokens,

@@ -18,27 +18,29 @@ from vlgraft.eval.vqa import autocast
 
 
 class ChatSession:
-    def __init__(self, vlm, image: str | None = None, precision: str = "bf16", max_new_tokens: int = 128):
+    def __init__(self, vlm, image: str | list[str] | None = None, precision: str = "bf16", max_new_tokens: int = 128):
         self.vlm = vlm
         self.device = next(vlm.parameters()).device
         self.precision = precision
         self.max_new_tokens = max_new_tokens
         self.turns: list[tuple[str, str]] = []
         self.features = None
-        if image is not None:
-            pixels = vlm.vision.preprocess([load_image(image, "--image")]).to(self.device)
+        self.images = [image] if isinstance(image, str) else list(image or [])
+        if self.images:  # several images: one placeholder each, in order, before the first question
+            pixels = vlm.vision.preprocess([load_image(p, "--image") for p in self.images]).to(self.device)
             with torch.no_grad(), autocast(self.device, precision):
                 self.features = vlm.encode_images(pixels)
 
     def ask(self, question: str, stream=sys.stdout) -> str:
         first = not self.turns and self.features is not None
-        self.turns.append(("user", f"{IMAGE_PLACEHOLDER}\n{question}" if first else question))
+        lead = f"{IMAGE_PLACEHOLDER}\n" * len(self.images) if first else ""
+        self.turns.append(("user", lead + question))
         ids = tokenize_prompt(self.turns, self.vlm.llm, self.vlm.num_image_tokens).unsqueeze(0).to(self.device)
         tok = self.vlm.llm.tokenizer
         streamer = _Streamer(tok, stream) if stream is not None else None
         with autocast(self.device, self.precision):
-            has = torch.tensor([self.features is not None], device=self.device)
-            new = self.vlm.generate(ids, torch.ones_like(ids), image_features=self.features, has_image=has,
+            counts = torch.tensor([len(self.images) if self.features is not None else 0], device=self.device)
+            new = self.vlm.generate(ids, torch.ones_like(ids), image_features=self.features, image_counts=counts,
                                     max_new_tokens=self.max_new_tokens, streamer=streamer)
         answer = tok.decode(new[0], skip_special_tokens=True).strip()
         self.turns.append(("assistant", answer))

@@ -234,7 +234,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, source:
     records, sources = load_training_data(recipe.data)
     use_cache = tc.feature_cache and vlm.vision_cacheable()
     cache = FeatureCache(vlm.vision, tc.precision) if use_cache else None
-    images = [(r.image, r.where) for r in records if r.image is not None]
+    images = [(p, r.where) for r in records for p in r.images]
     if cache is not None:
         t0 = time.time()
         n_new = cache.fill(images, accel.device, rank=accel.process_index, world=accel.num_processes, show=main)

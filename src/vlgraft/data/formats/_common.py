@@ -40,13 +40,13 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, object]]:
                 raise DataError(f"{path}: line {ln} is not valid JSON: {e.msg}") from None
 
 
-def check_placeholders(turns: list[tuple[str, str]], has_image: bool, where: str) -> None:
-    """A record with an image has exactly one ``<image>`` (in its first user turn); one without has none,
+def check_placeholders(turns: list[tuple[str, str]], n_images: int | bool, where: str) -> None:
+    """A record has one ``<image>`` per image (placed by the loader); one without images has none,
     so a literal ``<image>`` in a dataset's text is an error rather than a silently misplaced image."""
     n = sum(text.count(IMAGE_PLACEHOLDER) for _, text in turns)
-    if n != int(has_image):
+    if n != int(n_images):
         raise DataError(f"{where}: the text contains a literal {IMAGE_PLACEHOLDER} "
-                        f"({n} placeholders for {int(has_image)} image)")
+                        f"({n} placeholders for {int(n_images)} image(s))")
 
 
 def instruction_fields(raw: dict, where: str, keys: tuple[str, str, str], sep: str) -> tuple[str, str]:

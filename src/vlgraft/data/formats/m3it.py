@@ -2,10 +2,9 @@
 
 Spec: ``m3it:PATH.jsonl``. Each line is ``{"instruction": str, "inputs": str, "outputs": str,
 "image_base64_str": [base64, ...]}`` and becomes one record, id ``m3it-{line number}``:
-user ``"<image>\\n" + instruction + ("\\n" + inputs if inputs)``, assistant ``outputs``.
-
-Only the FIRST image of a line is used (the canonical record holds one image); ``meta["n_images"]``
-records how many the line had. A line with no image is a text-only record (no placeholder). The
+user ``"<image>\\n"`` once per image ``+ instruction + ("\\n" + inputs if inputs)``, assistant
+``outputs``. Every image of a line is kept, in order (``meta["n_images"]`` says how many); a line with
+no image is a text-only record (no placeholder). The
 image bytes are decoded once to check them and written as is to the content-addressed store of
 :mod:`vlgraft.data.formats._images`. The file is read one line at a time.
 """
@@ -48,8 +47,8 @@ def m3it(path: str) -> Iterator[Record]:
             images = [images]
         if not isinstance(images, list):
             raise DataError(f"{where}: 'image_base64_str' must be a list of base64 strings")
-        image = str(store_image_bytes(_decode(images[0], where), where)) if images else None
-        turns = [("user", (f"{IMAGE_PLACEHOLDER}\n" if image else "") + user), ("assistant", answer)]
-        check_placeholders(turns, image is not None, where)
-        yield Record(id=f"m3it-{ln}", image=image, turns=turns, meta={"line": ln, "n_images": len(images)},
-                     source=where)
+        paths = [str(store_image_bytes(_decode(b, f"{where}: image {k}"), where)) for k, b in enumerate(images)]
+        turns = [("user", f"{IMAGE_PLACEHOLDER}\n" * len(paths) + user), ("assistant", answer)]
+        check_placeholders(turns, len(paths), where)
+        yield Record(id=f"m3it-{ln}", image=paths[0] if paths else None, more_images=paths[1:], turns=turns,
+                     meta={"line": ln, "n_images": len(images)}, source=where)

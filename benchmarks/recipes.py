@@ -1,0 +1,141 @@
+"""The paper recipes end to end on the bundled parts, as a user runs them: each stage from the CLI
+(stage 2 loading stage 1 by reference), MiniGPT-4's curated set built by ``vlgraft curate`` first,
+then every run evaluated on its tasks and for text ability before/after (``vlgraft eval --text``).
+Prints a table, writes JSON; finished stages are kept in the JSON and skipped on a re-run.
+
+    python benchmarks/recipes.py --out benchmarks/results/recipes_cpu.json
+
+``--steps`` caps every stage's steps (the CPU budget; the recipes' own lengths are for a GPU);
+``--only`` runs a subset (a stage's ``init_from`` stage must have run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import read_metrics, run_cli, trainable_params, write_json  # noqa: E402
+
+CURATED = "data/curated/emoji_detail.jsonl"
+DESCRIBE = "Describe this image in detail."
+
+# name -> recipe, stage it starts from (or None), extra overrides, evals [(data, question limit, loss records)]
+STAGES: dict[str, dict] = {
+    "llava_stage1": {"recipe": "recipes/llava_stage1.yaml", "evals": [("emoji:captions-test", None, 100)]},
+    "llava_stage2": {"recipe": "recipes/llava_stage2.yaml", "init": "llava_stage1",
+                     "evals": [("emoji:qa-test", None, 0), ("easyvqa:test", 1000, 0)], "text": True},
+    "minigpt4_stage1": {"recipe": "recipes/minigpt4_stage1.yaml", "evals": [("emoji:captions-test", None, 100)]},
+    "minigpt4_stage2": {"recipe": "recipes/minigpt4_stage2.yaml", "init": "minigpt4_stage1", "curate": True,
+                        "evals": [("emoji:captions-test", None, 100)], "text": True, "describe": True},
+    "llama_adapter_v2": {"recipe": "recipes/llama_adapter_v2.yaml",
+                         "evals": [("easyvqa:test", 1000, 0), ("emoji:text-test", None, 0)], "text": True},
+    "lavin": {"recipe": "recipes/lavin.yaml", "evals": [("easyvqa:test", 1000, 0), ("emoji:text-test", None, 0)],
+              "text": True},
+    "git_llm": {"recipe": "recipes/git_llm.yaml", "evals": [("easyvqa:test", 1000, 0)], "text": True},
+}
+
+
+def curate(work: Path, limit: int) -> dict:
+    out = Path(CURATED)
+    report = out.with_suffix(".report.json")
+    if not report.is_file():
+        t = run_cli(["curate", "emoji:annotations", "--kinds", "detail", "--refine", "--limit", str(limit),
+                     "--out", str(out)], work, log=work / "curate.log")
+    else:
+        t = {"wall_s": None}
+    rep = json.loads(report.read_text())
+    return {"command": f"vlgraft curate emoji:annotations --kinds detail --refine --limit {limit} --out {out}",
+            "wall_s": t["wall_s"], "report": {k: v for k, v in rep.items() if k != "examples"}}
+
+
+def run_stage(name: str, spec: dict, work: Path, steps: int | None, curated: dict | None) -> dict:
+    run = work / name
+    o = [f"train.output_dir={run}", "train.save_every=null"]
+    if steps:
+        o.append(f"train.max_steps={steps}")
+    if spec.get("init"):
+        o.append(f"init_from={work / spec['init']}")
+    tr = run_cli(["train", spec["recipe"], "--overwrite", *[x for kv in o for x in ("-o", kv)]], work,
+                 log=work / f"{name}.log")
+    m = read_metrics(run)
+    res = {"recipe": spec["recipe"], "overrides": o, "init_from": spec.get("init"), "steps": m[-1]["step"],
+           "trainable_params": trainable_params(run), "train_wall_s": tr["wall_s"], "peak_rss_mb": tr["max_rss_mb"],
+           "first_loss": m[0]["loss"], "final_loss": m[-1]["loss"],
+           "samples_per_s": sum(r["samples_per_s"] for r in m[1:] or m) / len(m[1:] or m),
+           "steps_by_modality": m[-1].get("steps_by_modality"), "evals": {}}
+    if curated:
+        res["curated"] = curated
+    for data, limit, loss in spec["evals"]:
+        out = work / f"{name}-{data.replace(':', '_')}.json"
+        args = ["eval", str(run), "--data", data, "--out", str(out)]
+        args += ["--limit", str(limit)] if limit else []
+        args += ["--loss-records", str(loss)] if loss else []
+        t = run_cli(args, work, log=work / f"{name}-eval.log")
+        ev = json.loads(out.read_text())
+        res["evals"][data] = {"n": ev["n"], "accuracy": ev["accuracy"], "val_loss": ev.get("val_loss"),
+                              "by_type": {k: v["accuracy"] for k, v in ev["by_type"].items()}, "wall_s": t["wall_s"]}
+    if spec.get("text"):
+        out = work / f"{name}-text.json"
+        run_cli(["eval", str(run), "--text-only", "--out", str(out)], work, log=work / f"{name}-text.log")
+        ta = json.loads(out.read_text())["text_ability"]
+        res["text"] = {k: {m: ta[k][m] for m in ("ppl", "qa_acc")} for k in ("before", "after")}
+    if spec.get("describe"):  # one free description of a test emoji, as a user would ask
+        from vlgraft.data.records import load_records
+
+        rec = load_records("emoji:captions-test", limit=1)[0]
+        chat = subprocess.run([sys.executable, "-m", "vlgraft.cli", "chat", "--ckpt", str(run), "--image", rec.image,
+                               "--max-new-tokens", "80", DESCRIBE], capture_output=True, text=True, check=True)
+        res["describe"] = {"image": rec.id, "caption": rec.turns[-1][1], "question": DESCRIBE,
+                           "answer": chat.stdout.strip()}
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="benchmarks/results/recipes_cpu.json")
+    ap.add_argument("--work", default="runs/recipes", help="run folders (kept: chat with them afterwards)")
+    ap.add_argument("--steps", type=int, default=150, help="cap on each stage's steps (0: the recipe's own)")
+    ap.add_argument("--curate-limit", type=int, default=60, help="emoji records curated for minigpt4_stage2")
+    ap.add_argument("--only", help="comma-separated stage names")
+    args = ap.parse_args()
+    out, work = Path(args.out), Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    names = args.only.split(",") if args.only else list(STAGES)
+    for name in names:
+        spec = STAGES[name]
+        if name in results and not args.only:
+            continue
+        t0 = time.time()
+        curated = curate(work, args.curate_limit) if spec.get("curate") else None
+        results[name] = run_stage(name, spec, work, args.steps or None, curated)
+        results[name]["total_wall_s"] = time.time() - t0
+        write_json(out, results)
+        print(f"{name}: done in {results[name]['total_wall_s']:.0f}s", flush=True)
+    print_results(results)
+    print(f"\nwrote {out}")
+
+
+def print_results(results: dict) -> None:
+    print("\n| stage | steps | trainable params | train s | loss first → last | eval | accuracy | held-out loss "
+          "| text ppl before → after | text QA before → after |")
+    print("|---|---:|---:|---:|---|---|---:|---:|---|---|")
+    for name, r in results.items():
+        t = r.get("text")
+        ppl = f"{t['before']['ppl']:.2f} → {t['after']['ppl']:.2f}" if t else ""
+        qa = f"{100 * t['before']['qa_acc']:.1f}% → {100 * t['after']['qa_acc']:.1f}%" if t else ""
+        for k, (data, ev) in enumerate(r["evals"].items()):
+            vl = f"{ev['val_loss']:.3f}" if ev.get("val_loss") is not None else ""
+            head = [name, str(r["steps"]), f"{r['trainable_params']:,}", f"{r['train_wall_s']:.0f}",
+                    f"{r['first_loss']:.3f} → {r['final_loss']:.3f}"] if k == 0 else ["", "", "", "", ""]
+            tail = [ppl, qa] if k == 0 else ["", ""]
+            print("| " + " | ".join([*head, data, f"{100 * ev['accuracy']:.2f}%", vl, *tail]) + " |")
+
+
+if __name__ == "__main__":
+    main()
