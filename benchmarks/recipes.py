@@ -24,13 +24,16 @@ from common import read_metrics, run_cli, trainable_params, write_json  # noqa: 
 CURATED = "data/curated/emoji_detail.jsonl"
 DESCRIBE = "Describe this image in detail."
 
-# name -> recipe, stage it starts from (or None), extra overrides, evals [(data, question limit, loss records)]
+# name -> recipe, stage it starts from (or None), evals [(data, question limit, loss records[, turns])];
+# own_length: the recipe's own length, not the --steps cap
 STAGES: dict[str, dict] = {
     "llava_stage1": {"recipe": "recipes/llava_stage1.yaml", "evals": [("emoji:captions-test", None, 100)]},
     "llava_stage2": {"recipe": "recipes/llava_stage2.yaml", "init": "llava_stage1",
-                     "evals": [("emoji:qa-test", None, 0), ("easyvqa:test", 1000, 0)], "text": True},
+                     "evals": [("emoji:qa-test", None, 0), ("easyvqa:test", 1000, 0),
+                               ("easyvqa:test", 1000, 0, "independent")], "text": True},
     "minigpt4_stage1": {"recipe": "recipes/minigpt4_stage1.yaml", "evals": [("emoji:captions-test", None, 100)]},
     "minigpt4_stage2": {"recipe": "recipes/minigpt4_stage2.yaml", "init": "minigpt4_stage1", "curate": True,
+                        "own_length": True,  # a few epochs over the small curated set, as the recipe says
                         "evals": [("emoji:captions-test", None, 100)], "text": True, "describe": True},
     "llama_adapter_v2": {"recipe": "recipes/llama_adapter_v2.yaml",
                          "evals": [("easyvqa:test", 1000, 0), ("emoji:text-test", None, 0)], "text": True},
@@ -53,11 +56,31 @@ def curate(work: Path, limit: int) -> dict:
             "wall_s": t["wall_s"], "report": {k: v for k, v in rep.items() if k != "examples"}}
 
 
-def run_stage(name: str, spec: dict, work: Path, steps: int | None, curated: dict | None) -> dict:
+def eval_key(data: str, turns: list) -> str:
+    return f"{data} ({turns[0]})" if turns else data
+
+
+def eval_summary(path: Path) -> dict:
+    """Exact match, token F1 (from the saved predictions) and held-out loss of one eval file."""
+    from vlgraft.eval.vqa import token_f1
+
+    ev = json.loads(path.read_text())
+    rows = [json.loads(line) for line in path.with_suffix(".predictions.jsonl").read_text().splitlines()]
+    return {"n": ev["n"], "accuracy": ev["accuracy"], "f1": sum(token_f1(r["prediction"], r["answer"]) for r in rows) / len(rows),
+            "val_loss": ev.get("val_loss"), "by_type": {k: v["accuracy"] for k, v in ev["by_type"].items()}}
+
+
+def run_stage(name: str, spec: dict, work: Path, steps: int | None, curated: dict | None,
+              previous: dict | None = None) -> dict:
+    """Train (unless ``previous`` holds this stage's training, then only evaluate again) and evaluate."""
     run = work / name
+    if previous is not None:
+        res = {**previous, "evals": {}}
+        return evaluate_stage(name, spec, work, run, res)
     o = [f"train.output_dir={run}", "train.save_every=null"]
-    if steps:
+    if steps and not spec.get("own_length"):
         o.append(f"train.max_steps={steps}")
+    o += spec.get("overrides", [])
     if spec.get("init"):
         o.append(f"init_from={work / spec['init']}")
     tr = run_cli(["train", spec["recipe"], "--overwrite", *[x for kv in o for x in ("-o", kv)]], work,
@@ -70,15 +93,18 @@ def run_stage(name: str, spec: dict, work: Path, steps: int | None, curated: dic
            "steps_by_modality": m[-1].get("steps_by_modality"), "evals": {}}
     if curated:
         res["curated"] = curated
-    for data, limit, loss in spec["evals"]:
-        out = work / f"{name}-{data.replace(':', '_')}.json"
-        args = ["eval", str(run), "--data", data, "--out", str(out)]
+    return evaluate_stage(name, spec, work, run, res)
+
+
+def evaluate_stage(name: str, spec: dict, work: Path, run: Path, res: dict) -> dict:
+    for data, limit, loss, *turns in spec["evals"]:
+        key = eval_key(data, turns)
+        out = work / f"{name}-{key.replace(':', '_').replace(' ', '_')}.json"
+        args = ["eval", str(run), "--data", data, "--out", str(out), *(["--turns", turns[0]] if turns else [])]
         args += ["--limit", str(limit)] if limit else []
         args += ["--loss-records", str(loss)] if loss else []
         t = run_cli(args, work, log=work / f"{name}-eval.log")
-        ev = json.loads(out.read_text())
-        res["evals"][data] = {"n": ev["n"], "accuracy": ev["accuracy"], "val_loss": ev.get("val_loss"),
-                              "by_type": {k: v["accuracy"] for k, v in ev["by_type"].items()}, "wall_s": t["wall_s"]}
+        res["evals"][key] = {**eval_summary(out), "wall_s": t["wall_s"]}
     if spec.get("text"):
         out = work / f"{name}-text.json"
         run_cli(["eval", str(run), "--text-only", "--out", str(out)], work, log=work / f"{name}-text.log")
@@ -102,29 +128,41 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150, help="cap on each stage's steps (0: the recipe's own)")
     ap.add_argument("--curate-limit", type=int, default=60, help="emoji records curated for minigpt4_stage2")
     ap.add_argument("--only", help="comma-separated stage names")
+    ap.add_argument("--refresh", action="store_true", help="re-read the saved eval files into the JSON (no training)")
+    ap.add_argument("--eval-only", action="store_true", help="with --only: evaluate the stages' existing runs again")
     args = ap.parse_args()
     out, work = Path(args.out), Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     results = json.loads(out.read_text()) if out.is_file() else {}
+    if args.refresh:
+        for name, r in results.items():
+            for data, ev in r["evals"].items():
+                ev.update(eval_summary(work / f"{name}-{data.replace(':', '_').replace(' ', '_')}.json"))
+        write_json(out, results)
+        print_results(results)
+        return
     names = args.only.split(",") if args.only else list(STAGES)
     for name in names:
         spec = STAGES[name]
         if name in results and not args.only:
             continue
         t0 = time.time()
-        curated = curate(work, args.curate_limit) if spec.get("curate") else None
-        results[name] = run_stage(name, spec, work, args.steps or None, curated)
-        results[name]["total_wall_s"] = time.time() - t0
+        curated = curate(work, args.curate_limit) if spec.get("curate") and not args.eval_only else None
+        prev = results.get(name) if args.eval_only else None
+        if args.eval_only and prev is None:
+            raise SystemExit(f"--eval-only: {name} has not been trained yet")
+        results[name] = run_stage(name, spec, work, args.steps or None, None if prev else curated, prev)
+        results[name]["eval_again_wall_s" if prev else "total_wall_s"] = time.time() - t0
         write_json(out, results)
-        print(f"{name}: done in {results[name]['total_wall_s']:.0f}s", flush=True)
+        print(f"{name}: done in {time.time() - t0:.0f}s", flush=True)
     print_results(results)
     print(f"\nwrote {out}")
 
 
 def print_results(results: dict) -> None:
-    print("\n| stage | steps | trainable params | train s | loss first → last | eval | accuracy | held-out loss "
-          "| text ppl before → after | text QA before → after |")
-    print("|---|---:|---:|---:|---|---|---:|---:|---|---|")
+    print("\n| stage | steps | trainable params | train s | loss first → last | eval | exact match | token F1 "
+          "| held-out loss | text ppl before → after | text QA before → after |")
+    print("|---|---:|---:|---:|---|---|---:|---:|---:|---|---|")
     for name, r in results.items():
         t = r.get("text")
         ppl = f"{t['before']['ppl']:.2f} → {t['after']['ppl']:.2f}" if t else ""
@@ -134,7 +172,8 @@ def print_results(results: dict) -> None:
             head = [name, str(r["steps"]), f"{r['trainable_params']:,}", f"{r['train_wall_s']:.0f}",
                     f"{r['first_loss']:.3f} → {r['final_loss']:.3f}"] if k == 0 else ["", "", "", "", ""]
             tail = [ppl, qa] if k == 0 else ["", ""]
-            print("| " + " | ".join([*head, data, f"{100 * ev['accuracy']:.2f}%", vl, *tail]) + " |")
+            f1 = f"{100 * ev['f1']:.1f}%" if ev.get("f1") is not None else ""
+            print("| " + " | ".join([*head, data, f"{100 * ev['accuracy']:.2f}%", f1, vl, *tail]) + " |")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 import io
 import json
 
-from vlgraft.eval.vqa import evaluate, normalize
+import pytest
+
+from vlgraft.eval.vqa import evaluate, normalize, token_f1
 from vlgraft.serve.chat import ChatSession
 from vlgraft.train.checkpoint import load_vlm
 from vlgraft.train.loop import train
@@ -14,6 +16,12 @@ def test_normalize():
     assert normalize("red circle") != normalize("red")
 
 
+def test_token_f1():
+    assert token_f1("A rose emoji.", "a rose emoji") == 1.0
+    assert token_f1("A red rose emoji", "A rose emoji.") == pytest.approx(2 * (2 / 3) * 1 / (2 / 3 + 1))
+    assert token_f1("tulip", "rose emoji") == 0.0 and token_f1("", "") == 1.0 and token_f1("", "rose") == 0.0
+
+
 def test_eval_and_chat_on_a_trained_tiny_model(tiny_recipe, tiny_data, tmp_path):
     out = train(tiny_recipe(max_steps=2), source="test")
     vlm, recipe, _ = load_vlm(out)
@@ -24,6 +32,8 @@ def test_eval_and_chat_on_a_trained_tiny_model(tiny_recipe, tiny_data, tmp_path)
     preds = [json.loads(l) for l in (tmp_path / "eval.predictions.jsonl").read_text().splitlines()]
     assert written["by_type"]["all"]["correct"] == sum(p["correct"] for p in preds)
     assert all(p["correct"] == (normalize(p["prediction"]) == normalize(p["answer"])) for p in preds)
+    assert written["f1"] == pytest.approx(sum(p["f1"] for p in preds) / len(preds))
+    assert all(p["f1"] == 1.0 for p in preds if p["correct"])
 
     packed = evaluate(vlm, str(tiny_data), turns="independent", batch_size=5, max_new_tokens=3, precision="fp32")
     assert packed["n"] == 28 and packed["turns"] == "independent"

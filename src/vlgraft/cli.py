@@ -43,7 +43,7 @@ def cmd_eval(args) -> None:
     out = Path(args.out) if args.out else ckpt.parent / "eval.json" if ckpt.name == "final" else ckpt / "eval.json"
     precision = args.precision or recipe.train.precision
     if not args.text_only:
-        res = evaluate(vlm, args.data or recipe.data.eval, turns=recipe.data.turns, batch_size=args.batch_size or recipe.eval.batch_size,
+        res = evaluate(vlm, args.data or recipe.data.eval, turns=args.turns or recipe.data.turns, batch_size=args.batch_size or recipe.eval.batch_size,
                        max_new_tokens=recipe.eval.max_new_tokens, limit=args.limit or recipe.eval.limit,
                        precision=precision, image_root=recipe.data.image_root,
                        out_path=out, loss_records=args.loss_records, max_length=recipe.data.max_length)
@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", nargs="?", default="runs/default", help="run folder or checkpoint folder")
     e.add_argument("--data", help="eval data (default: the recipe's data.eval)")
     e.add_argument("--limit", type=int, help="only the first N questions")
+    e.add_argument("--turns", choices=["conversation", "independent"],
+                   help="how a record's questions are asked (default: the recipe's data.turns): conversation = "
+                        "with the gold earlier turns as history; independent = each question alone with the image")
     e.add_argument("--batch-size", type=int)
     e.add_argument("--loss-records", type=int, default=0, metavar="N",
                    help="also report the held-out loss (teacher forcing) over the first N records")

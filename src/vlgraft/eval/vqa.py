@@ -33,6 +33,21 @@ def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
+def token_f1(prediction: str, answer: str) -> float:
+    """SQuAD-style token F1 of the normalised texts: partial credit for free-form answers (captions,
+    descriptions) where exact match is all-or-nothing."""
+    from collections import Counter
+
+    p, a = normalize(prediction).split(), normalize(answer).split()
+    common = sum((Counter(p) & Counter(a)).values())
+    if not p or not a:
+        return float(p == a)
+    if common == 0:
+        return 0.0
+    prec, rec = common / len(p), common / len(a)
+    return 2 * prec * rec / (prec + rec)
+
+
 def eval_items(records, turns: str = "conversation") -> list[dict]:
     """One item per assistant turn. ``conversation``: the conversation before it is the prompt (gold
     history). ``independent``: the question alone, with the record's image, as a single-turn prompt."""
@@ -157,17 +172,21 @@ def evaluate(vlm, data_spec: str, turns: str = "conversation", batch_size: int =
     predict = _predict_packed if turns == "independent" else _predict_single
     preds = predict(vlm, items, cache, batch_size, max_new_tokens, precision, device)
     elapsed = time.time() - t0
-    by_type: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    by_type: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0.0])
     rows = []
     for it, pred in zip(items, preds):
         ok = normalize(pred) == normalize(it["answer"])
+        f1 = token_f1(pred, it["answer"])
         for key in {it["type"], "all"}:
             by_type[key][0] += ok
             by_type[key][1] += 1
-        rows.append({"id": it["id"], "answer": it["answer"], "prediction": pred, "correct": ok, "type": it["type"]})
+            by_type[key][2] += f1
+        rows.append({"id": it["id"], "answer": it["answer"], "prediction": pred, "correct": ok, "f1": f1,
+                     "type": it["type"]})
     result = {
         "data": data_spec, "n": len(items), "accuracy": by_type["all"][0] / max(1, by_type["all"][1]),
-        "by_type": {k: {"n": n, "correct": c, "accuracy": c / n} for k, (c, n) in sorted(by_type.items())},
+        "f1": by_type["all"][2] / max(1, by_type["all"][1]),
+        "by_type": {k: {"n": n, "correct": c, "accuracy": c / n, "f1": f / n} for k, (c, n, f) in sorted(by_type.items())},
         "seconds": elapsed, "questions_per_s": len(items) / max(elapsed, 1e-9), "precision": precision,
         "turns": turns,
     }
@@ -175,10 +194,10 @@ def evaluate(vlm, data_spec: str, turns: str = "conversation", batch_size: int =
         result["val_loss"] = val_loss
         result["val_loss_records"] = len(recs)
     table = Table(title=f"exact match on {data_spec}")
-    for col in ("answer type", "questions", "correct", "accuracy"):
+    for col in ("answer type", "questions", "correct", "accuracy", "token F1"):
         table.add_column(col, justify="left" if col == "answer type" else "right")
     for k, v in result["by_type"].items():
-        table.add_row(k, str(v["n"]), str(v["correct"]), f"{100 * v['accuracy']:.2f}%")
+        table.add_row(k, str(v["n"]), str(v["correct"]), f"{100 * v['accuracy']:.2f}%", f"{100 * v['f1']:.1f}%")
     console.print(table)
     if out_path is not None:
         write_result(Path(out_path), result, rows, ".predictions.jsonl")
