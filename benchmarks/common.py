@@ -49,10 +49,9 @@ def read_metrics(run: Path) -> list[dict]:
 
 
 def write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    from vlgraft.paths import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=1))
 
 
 def trainable_params(run: Path) -> int:

@@ -40,6 +40,7 @@ import typing
 from pathlib import Path
 
 from vlgraft.errors import ConfigError
+from vlgraft.paths import write_text_atomic
 
 _TOP = ("base", "overrides", "variants", "grid", "eval", "out")
 _EVAL = {"limit": int, "loss_records": int, "batch_size": int, "data": str, "text": bool}
@@ -234,13 +235,6 @@ def _collect(run: Path) -> dict:
     return res
 
 
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def run_variant(sweep: Sweep, v: Variant, console) -> dict:
     """Train and evaluate one variant in a child process; its result (ok or failed) is written to
     ``out/results/<variant>.json``."""
@@ -248,7 +242,7 @@ def run_variant(sweep: Sweep, v: Variant, console) -> dict:
 
     run = sweep.out / safe_name(v.name)
     recipe_file = sweep.out / "recipes" / f"{safe_name(v.name)}.yaml"
-    _write(recipe_file, dump_recipe(v.recipe))
+    write_text_atomic(recipe_file, dump_recipe(v.recipe))
     log = sweep.out / "logs" / f"{safe_name(v.name)}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     ev = sweep.eval
@@ -272,7 +266,7 @@ def run_variant(sweep: Sweep, v: Variant, console) -> dict:
         res.update(status="failed", error=_last_error(log))
     if res["status"] == "failed":
         console.print(f"[red]{v.name} failed[/]: {res['error']}")
-    _write(sweep.out / "results" / f"{safe_name(v.name)}.json", json.dumps(res, indent=1))
+    write_text_atomic(sweep.out / "results" / f"{safe_name(v.name)}.json", json.dumps(res, indent=1))
     return res
 
 
@@ -395,9 +389,9 @@ def run_sweep(path: str | Path, only: list[str] | None = None, overwrite: bool =
             results.append({**prev, "reused": True})
         else:
             results.append(run_variant(sweep, v, console))
-    _write(sweep.out / "sweep.json", json.dumps({"sweep": str(sweep.path), "base": str(sweep.base), "overrides": sweep.common,
+    write_text_atomic(sweep.out / "sweep.json", json.dumps({"sweep": str(sweep.path), "base": str(sweep.base), "overrides": sweep.common,
                                                  "eval": sweep.eval, "variants": results}, indent=1))
-    _write(sweep.out / "sweep.md", markdown(sweep, results))
+    write_text_atomic(sweep.out / "sweep.md", markdown(sweep, results))
     plotted = plot(results, sweep.out / "loss.png", f"training loss: {sweep.path.name}", console)
     head, rows = table_rows(results)
     _print_table(head, rows, f"sweep {sweep.path}", console)

@@ -17,7 +17,7 @@ import os
 import random
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vlgraft.curate.annotation import Annotation, answer_vocab, extract
@@ -26,6 +26,7 @@ from vlgraft.curate.generators import Generator
 from vlgraft.curate.seeds import DETAIL_INSTRUCTIONS, KINDS, SEEDS, Example, SeedPool, messages, refine_messages
 from vlgraft.data.records import IMAGE_PLACEHOLDER, Record, load_records
 from vlgraft.errors import VlgraftError
+from vlgraft.paths import write_text_atomic
 
 EXAMPLES_PER_REASON = 3
 
@@ -175,9 +176,7 @@ def curate(cfg: CurateConfig, generator: Generator, records: list[Record] | None
             bar.update(len(batch))
     bar.close()
     report = _report(cfg, settings, generator, records, lines, pools, kinds, out)
-    tmp = rep.with_name(rep.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, rep)
+    write_text_atomic(rep, json.dumps(report, indent=1))
     prog.unlink()
     return report
 

@@ -190,7 +190,7 @@ def before_after(vlm, recipe, text_set: TextSet | str | Path | None = None, batc
                  precision: str = "fp32", use_cache: bool = True, console: Console | None = None) -> dict:
     """``{before, after, change}`` for trained ``vlm`` against the base LLM of ``recipe``; also the
     per-question predictions under ``predictions``."""
-    from vlgraft.paths import cache_root
+    from vlgraft.paths import cache_root, write_text_atomic
 
     console = console or Console(stderr=True)
     ts = text_set if isinstance(text_set, TextSet) else load_text_set(text_set)
@@ -205,10 +205,7 @@ def before_after(vlm, recipe, text_set: TextSet | str | Path | None = None, batc
         before = text_ability(base, ts, **kw)
         del base
         if use_cache:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f".{cache.name}.tmp")
-            tmp.write_text(json.dumps(before))
-            tmp.replace(cache)
+            write_text_atomic(cache, json.dumps(before))
         before["cached"] = False
     else:
         before["cached"] = True

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import string
 import time
@@ -22,6 +21,7 @@ from vlgraft.data.dataset import collate, image_input
 from vlgraft.data.records import load_records
 from vlgraft.eval.packed import generate_packed, packed_prompt
 from vlgraft.errors import DataError
+from vlgraft.paths import write_text_atomic
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -143,17 +143,13 @@ def heldout_loss(vlm, records, turns: str, max_length: int, cache, batch_size: i
     return total / max(1, n)
 
 
-@torch.no_grad()
 def write_result(out: Path, result: dict, rows: list[dict], rows_suffix: str) -> None:
     """``result`` as JSON at ``out`` and ``rows`` as JSONL beside it, each written atomically."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for path, text in ((out, json.dumps(result, indent=1)),
-                       (out.with_suffix(rows_suffix), "".join(json.dumps(r) + "\n" for r in rows))):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    write_text_atomic(out, json.dumps(result, indent=1))
+    write_text_atomic(out.with_suffix(rows_suffix), "".join(json.dumps(r) + "\n" for r in rows))
 
 
+@torch.no_grad()
 def evaluate(vlm, data_spec: str, turns: str = "conversation", batch_size: int = 64, max_new_tokens: int = 8, limit: int | None = None,
              precision: str = "bf16", image_root: str | None = None, use_cache: bool = True,
              out_path: Path | None = None, console: Console | None = None, loss_records: int = 0,
