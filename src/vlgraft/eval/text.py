@@ -29,11 +29,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from vlgraft.data.conversation import tokenize_conversation, tokenize_prompt
-from vlgraft.data.dataset import collate
 from vlgraft.data.records import Record
 from vlgraft.errors import DataError
-from vlgraft.eval.vqa import autocast, normalize
+from vlgraft.eval.vqa import _predict_single, heldout_nll, normalize
 
 BUNDLED_TEXT_SET = Path(__file__).resolve().parent.parent / "data" / "bundled" / "text_eval.jsonl"
 
@@ -105,44 +103,21 @@ def qa_correct(prediction: str, answers: list[str], exact: bool = False) -> bool
     return False
 
 
-@torch.no_grad()
 def perplexity(vlm, records: list[Record], batch_size: int = 16, precision: str = "fp32",
                max_length: int = 1024) -> dict:
-    """Teacher-forced NLL per labelled response token over ``records`` (batched by length)."""
+    """Teacher-forced NLL per labelled response token over ``records`` (the held-out loss of VQA eval)."""
     device = next(vlm.parameters()).device
-    pad = vlm.llm.tokenizer.pad_token_id
-    exs = [tokenize_conversation(r, vlm.llm, vlm.num_image_tokens, max_length) for r in records]
-    order = sorted(range(len(exs)), key=lambda i: len(exs[i]["input_ids"]))
-    total, n = 0.0, 0
-    for s in range(0, len(order), batch_size):
-        batch = collate([exs[i] for i in order[s: s + batch_size]], pad)
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        with autocast(device, precision):
-            out = vlm(**batch)
-        total += float(out["loss_sum"])
-        n += out["n_tokens"]
-    nll = total / max(1, n)
+    nll, n = heldout_nll(vlm, records, "conversation", max_length, None, batch_size, precision, device)
     return {"ppl": math.exp(nll), "nll": nll, "tokens": n}
 
 
-@torch.no_grad()
 def qa_predictions(vlm, items: list[dict], batch_size: int = 16, max_new_tokens: int = 16,
                    precision: str = "fp32") -> list[str]:
-    """Greedy answers to single-turn text questions (left-padded batches, KV cache)."""
+    """Greedy answers to single-turn text questions (VQA eval's batched generation, no image)."""
     device = next(vlm.parameters()).device
-    tok = vlm.llm.tokenizer
-    prompts = [tokenize_prompt([("user", it["question"])], vlm.llm, vlm.num_image_tokens, it["where"]) for it in items]
-    order = sorted(range(len(items)), key=lambda i: len(prompts[i]))
-    preds = [""] * len(items)
-    for s in range(0, len(order), batch_size):
-        idx = order[s: s + batch_size]
-        inp = collate([{"input_ids": prompts[i]} for i in idx], tok.pad_token_id, left=True)
-        inp = {k: v.to(device) if v is not None else None for k, v in inp.items()}
-        with autocast(device, precision):
-            new = vlm.generate(**inp, max_new_tokens=max_new_tokens)
-        for i, seq in zip(idx, new):
-            preds[i] = tok.decode(seq, skip_special_tokens=True).strip()
-    return preds
+    prompts = [{"turns": [("user", it["question"])], "record": Record(it["id"], None, [], source=it["where"])}
+               for it in items]
+    return _predict_single(vlm, prompts, None, batch_size, max_new_tokens, precision, device)
 
 
 def text_ability(vlm, text_set: TextSet | str | Path | None = None, batch_size: int = 16,

@@ -127,20 +127,23 @@ def autocast(device: torch.device, precision: str):
 
 
 @torch.no_grad()
-def heldout_loss(vlm, records, turns: str, max_length: int, cache, batch_size: int, precision: str, device) -> float:
-    """Mean cross-entropy per labelled token over ``records`` (teacher forcing, as in training)."""
+def heldout_nll(vlm, records, turns: str, max_length: int, cache, batch_size: int, precision: str,
+                device) -> tuple[float, int]:
+    """Mean cross-entropy per labelled token over ``records`` (teacher forcing, tokenised as in
+    training) and the number of labelled tokens; records are batched by length."""
     from vlgraft.data.dataset import ConversationDataset
 
     ds = ConversationDataset(records, vlm, max_length, cache, turns)
+    order = sorted(range(len(ds)), key=ds.num_tokens)
     total, n = 0.0, 0
-    for s in range(0, len(ds), batch_size):
-        batch = collate([ds[i] for i in range(s, min(len(ds), s + batch_size))], vlm.llm.tokenizer.pad_token_id)
+    for s in range(0, len(order), batch_size):
+        batch = collate([ds[i] for i in order[s: s + batch_size]], vlm.llm.tokenizer.pad_token_id)
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         with autocast(device, precision):
             out = vlm(**batch)
         total += float(out["loss_sum"])
         n += out["n_tokens"]
-    return total / max(1, n)
+    return total / max(1, n), n
 
 
 def write_result(out: Path, result: dict, rows: list[dict], rows_suffix: str) -> None:
@@ -163,7 +166,7 @@ def evaluate(vlm, data_spec: str, turns: str = "conversation", batch_size: int =
     val_loss, recs = None, []
     if loss_records:
         recs = list({id(it["record"]): it["record"] for it in items}.values())[:loss_records]
-        val_loss = heldout_loss(vlm, recs, turns, max_length, cache, max(1, batch_size // 8), precision, device)
+        val_loss, _ = heldout_nll(vlm, recs, turns, max_length, cache, max(1, batch_size // 8), precision, device)
     t0 = time.time()
     predict = _predict_packed if turns == "independent" else _predict_single
     preds = predict(vlm, items, cache, batch_size, max_new_tokens, precision, device)
