@@ -104,6 +104,13 @@ def test_document_tokenisation_and_truncation(tiny_recipe, docs):
     cut = tokenize_conversation(d0, vlm.llm, n, second + 1)  # would cut inside the second image
     assert len(cut["input_ids"]) == second and cut["n_images"] == 1
     assert cut["input_ids"].tolist() == ids[:second]
+    # a method that takes images outside the sequence (no visual positions): images whose placeholder
+    # starts before the cut are kept
+    from vlgraft.data.conversation import _encode_with_images
+
+    _, starts = _encode_with_images(d0.turns[0][1], vlm.llm, 0)
+    assert tokenize_conversation(d0, vlm.llm, 0, starts[1])["n_images"] == 1
+    assert tokenize_conversation(d0, vlm.llm, 0, starts[1] + 1)["n_images"] == 2
 
 
 def test_batch_splices_each_image_in_order(tiny_recipe, docs):

@@ -22,14 +22,20 @@ IGNORE = -100
 
 
 def _encode(text: str, llm: LanguageModel, n_img: int) -> list[int]:
+    return _encode_with_images(text, llm, n_img)[0]
+
+
+def _encode_with_images(text: str, llm: LanguageModel, n_img: int) -> tuple[list[int], list[int]]:
+    """Token ids with ``n_img`` visual positions per ``<image>``, and where each image starts."""
     ids: list[int] = []
-    parts = text.split(IMAGE_PLACEHOLDER)
-    for k, part in enumerate(parts):
+    starts: list[int] = []
+    for k, part in enumerate(text.split(IMAGE_PLACEHOLDER)):
         if k:
+            starts.append(len(ids))
             ids += [IMAGE_TOKEN_ID] * n_img
         if part:
             ids += llm.tokenizer(part, add_special_tokens=False).input_ids
-    return ids
+    return ids, starts
 
 
 def _segments(turns: list[tuple[str, str]], llm: LanguageModel, add_generation_prompt: bool, where: str):
@@ -56,40 +62,23 @@ def tokenize_document(rec: Record, llm: LanguageModel, n_img: int, max_length: i
     """An interleaved image-text document as plain language modelling (MM1 / OBELICS pre-training):
     no chat template, every text token labelled, visual positions not, the tokenizer's end-of-text
     token closes the document. A document longer than ``max_length`` is cut there; a cut inside an
-    image's visual tokens moves before that image, and ``n_images`` says how many images remain."""
-    text = rec.turns[0][1]
-    ids = _encode(text, llm, n_img)
+    image's visual tokens moves before that image, and ``n_images`` says how many images remain
+    (those starting before the cut, also when images take no positions)."""
+    ids, starts = _encode_with_images(rec.turns[0][1], llm, n_img)
     eos = llm.tokenizer.eos_token_id
     if eos is not None:
         ids.append(eos)
-    n_images = len(rec.images)
+    n_images = len(starts)
     if len(ids) > max_length:
-        cut = max_length
-        if n_img:  # a cut inside an image's visual tokens moves back to before that image
-            cut -= ids[:cut].count(IMAGE_TOKEN_ID) % n_img
-            n_images = ids[:cut].count(IMAGE_TOKEN_ID) // n_img
-        else:  # images take no positions: keep those whose placeholder lies in the kept text
-            n_images = _images_before(text, llm, cut)
+        cut = next((st for st in starts if st < max_length < st + n_img), max_length)
+        n_images = sum(st < cut for st in starts)
         ids = ids[:cut]
         log.warning("%s: document truncated to %d tokens (data.max_length), %d of %d images kept",
-                    rec.where, cut, n_images, len(rec.images))
+                    rec.where, cut, n_images, len(starts))
     labels = [IGNORE if t == IMAGE_TOKEN_ID else t for t in ids]
     if sum(lab != IGNORE for lab in labels[1:]) == 0:
         raise DataError(f"{rec.where}: the document has no text token to learn from within data.max_length={max_length}")
     return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "n_images": n_images}
-
-
-def _images_before(text: str, llm: LanguageModel, n_tokens: int) -> int:
-    """How many ``<image>`` placeholders start within the first ``n_tokens`` tokens of ``text``
-    (when images take no sequence positions)."""
-    count, used = 0, 0
-    for k, part in enumerate(text.split(IMAGE_PLACEHOLDER)):
-        if k:
-            if used >= n_tokens:
-                break
-            count += 1
-        used += len(llm.tokenizer(part, add_special_tokens=False).input_ids) if part else 0
-    return count
 
 
 def tokenize_conversation(rec: Record, llm: LanguageModel, n_img: int, max_length: int) -> dict:

@@ -35,13 +35,10 @@ class MethodContext:
         if self.visual is None:
             return None
         b = self.has_image.shape[0]
-        if self.image_counts is not None and bool((self.image_counts > 1).any()):
-            owner = torch.repeat_interleave(torch.arange(b, device=self.visual.device), self.image_counts.to(self.visual.device))
-            out = self.visual.new_zeros(b, *self.visual.shape[1:]).index_add(0, owner, self.visual)
-            return out / self.image_counts.clamp(min=1).to(out.device, out.dtype).view(b, *([1] * (out.dim() - 1)))
-        out = self.visual.new_zeros(b, *self.visual.shape[1:])
-        out[self.has_image] = self.visual
-        return out
+        counts = (self.has_image.long() if self.image_counts is None else self.image_counts).to(self.visual.device)
+        owner = torch.repeat_interleave(torch.arange(b, device=self.visual.device), counts)
+        out = self.visual.new_zeros(b, *self.visual.shape[1:]).index_add(0, owner, self.visual)
+        return out / counts.clamp(min=1).to(out.dtype).view(b, *([1] * (out.dim() - 1)))
 
 
 class Method:

@@ -39,7 +39,7 @@ class ChatSession:
         tok = self.vlm.llm.tokenizer
         streamer = _Streamer(tok, stream) if stream is not None else None
         with autocast(self.device, self.precision):
-            counts = torch.tensor([len(self.images) if self.features is not None else 0], device=self.device)
+            counts = torch.tensor([len(self.images)], device=self.device)
             new = self.vlm.generate(ids, torch.ones_like(ids), image_features=self.features, image_counts=counts,
                                     max_new_tokens=self.max_new_tokens, streamer=streamer)
         answer = tok.decode(new[0], skip_special_tokens=True).strip()
