@@ -56,16 +56,9 @@ def write_json(path: Path, data) -> None:
 
 def trainable_params(run: Path) -> int:
     """Parameters in a run's final checkpoint (exactly the trainable ones)."""
-    from safetensors import safe_open
+    from vlgraft.train.checkpoint import saved_param_count
 
-    with safe_open(str(run / "final" / "trainable.safetensors"), "pt") as f:
-        total = 0
-        for k in f.keys():
-            n = 1
-            for s in f.get_slice(k).get_shape():
-                n *= s
-            total += n
-        return total
+    return saved_param_count(run / "final")
 
 
 def train_and_eval(name: str, recipe: str, overrides: list[str], work: Path, steps: int, batch: int,

@@ -60,6 +60,10 @@ def eval_key(data: str, turns: list) -> str:
     return f"{data} ({turns[0]})" if turns else data
 
 
+def eval_path(work: Path, name: str, key: str) -> Path:
+    return work / f"{name}-{key.replace(':', '_').replace(' ', '_')}.json"
+
+
 def eval_summary(path: Path) -> dict:
     """Exact match, token F1 (from the saved predictions) and held-out loss of one eval file."""
     from vlgraft.eval.vqa import token_f1
@@ -99,7 +103,7 @@ def run_stage(name: str, spec: dict, work: Path, steps: int | None, curated: dic
 def evaluate_stage(name: str, spec: dict, work: Path, run: Path, res: dict) -> dict:
     for data, limit, loss, *turns in spec["evals"]:
         key = eval_key(data, turns)
-        out = work / f"{name}-{key.replace(':', '_').replace(' ', '_')}.json"
+        out = eval_path(work, name, key)
         args = ["eval", str(run), "--data", data, "--out", str(out), *(["--turns", turns[0]] if turns else [])]
         args += ["--limit", str(limit)] if limit else []
         args += ["--loss-records", str(loss)] if loss else []
@@ -137,7 +141,7 @@ def main() -> None:
     if args.refresh:
         for name, r in results.items():
             for data, ev in r["evals"].items():
-                ev.update(eval_summary(work / f"{name}-{data.replace(':', '_').replace(' ', '_')}.json"))
+                ev.update(eval_summary(eval_path(work, name, data)))
         write_json(out, results)
         print_results(results)
         return

@@ -29,7 +29,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import math
 import os
 import re
 import subprocess
@@ -218,12 +217,11 @@ def _last_error(log: Path) -> str:
 
 def _collect(run: Path) -> dict:
     """Figures of a finished variant: loss curve, throughput, trainable parameters, evaluation."""
-    from safetensors import safe_open
+    from vlgraft.train.checkpoint import saved_param_count
 
     m = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     sps = [r["samples_per_s"] for r in m[1:]] or [m[0]["samples_per_s"]]  # the first window includes warm-up
-    with safe_open(str(run / "final" / "trainable.safetensors"), "pt") as f:
-        n_params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    n_params = saved_param_count(run / "final")
     ev = json.loads((run / "eval.json").read_text())
     res = {"trainable_params": n_params, "samples_per_s": sum(sps) / len(sps), "steps": m[-1]["step"],
            "final_train_loss": m[-1]["loss"], "val_loss": ev.get("val_loss"), "accuracy": ev["accuracy"],

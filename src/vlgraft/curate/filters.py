@@ -200,10 +200,10 @@ class Deduper:
         return [hashlib.sha1(f"{kind}|{s}|{v}".encode()).hexdigest()[:16]
                 for s, v in (("exact", normalise(text)), ("near", bag))]
 
-    def add(self, kind: str, text: str) -> bool:
-        """False (and nothing recorded) if ``text`` duplicates an earlier one."""
+    def add(self, kind: str, text: str) -> list[str] | None:
+        """The keys recorded for ``text``, or None (and nothing recorded) if it duplicates an earlier one."""
         ks = self.keys(kind, text)
         if any(k in self.seen for k in ks):
-            return False
+            return None
         self.seen.update(ks)
-        return True
+        return ks

@@ -216,8 +216,8 @@ def _batch(batch, kinds, anns, vocab, pools, dedup, generator, cfg, out, dropped
     recs, keys, dropped, pooled = [], [], [], {}
     for j in jobs:
         if j.reason is None:
-            ks = dedup.keys(j.kind, joined(j.pairs))
-            if dedup.add(j.kind, joined(j.pairs)):
+            ks = dedup.add(j.kind, joined(j.pairs))
+            if ks is not None:
                 keys += ks
             else:
                 j.reason, j.detail = "duplicate", "same text as an earlier kept output"

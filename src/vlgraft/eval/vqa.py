@@ -7,7 +7,7 @@ import json
 import re
 import string
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import torch
@@ -36,8 +36,6 @@ def normalize(text: str) -> str:
 def token_f1(prediction: str, answer: str) -> float:
     """SQuAD-style token F1 of the normalised texts: partial credit for free-form answers (captions,
     descriptions) where exact match is all-or-nothing."""
-    from collections import Counter
-
     p, a = normalize(prediction).split(), normalize(answer).split()
     common = sum((Counter(p) & Counter(a)).values())
     if not p or not a:

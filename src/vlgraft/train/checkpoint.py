@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -102,6 +103,15 @@ def load_trainable(model, path: Path) -> None:
             if weights[n].shape != p.shape:
                 raise VlgraftError(f"{f}: '{n}' has shape {tuple(weights[n].shape)}, model has {tuple(p.shape)}")
             p.copy_(weights[n])
+
+
+def saved_param_count(path: Path) -> int:
+    """Parameters in a checkpoint folder's ``trainable.safetensors`` (exactly the trainable ones), read
+    from the header without loading a tensor."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(path) / "trainable.safetensors"), "pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
 
 
 def load_init(model, recipe, _seen: tuple[Path, ...] = ()) -> list[Path]:
