@@ -44,7 +44,10 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "prefix-tuning": ("recipes/default.yaml", ["methods=[{name: prefix_tuning, num_virtual_tokens: 10}]",
                                                groups(CONN, ("prefix", "prefix_tuning", 3e-3))], "methods"),
     "llama-adapter-v1": ("recipes/llama_adapter_v1.yaml", [], "methods"),
-    "llama-adapter-v2": ("recipes/llama_adapter_v2.yaml", EASYVQA_ONLY + ["train.modality_groups=null"], "methods"),
+    # every group on every batch at the lr its row was measured with (the joint recipe now uses 5e-4)
+    "llama-adapter-v2": ("recipes/llama_adapter_v2.yaml", EASYVQA_ONLY + [
+        "train.modality_groups=null", groups(("image", "llama_adapter_v2.image", 2e-3),
+                                             ("language", "llama_adapter_v2.language", 2e-3))], "methods"),
     "mma": ("recipes/lavin.yaml", EASYVQA_ONLY, "methods"),
     # GIT-LLM module study: GIT projection always trained, plus one module
     "Proj": ("recipes/git_llm.yaml", ["methods=[{name: select, modules: [proj]}]",
