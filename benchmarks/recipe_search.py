@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import read_metrics, run_cli, write_json  # noqa: E402
+from common import DIRECT, read_metrics, run_cli, write_json  # noqa: E402
 
 ATTN = "[q_proj, k_proj, v_proj, o_proj]"
 ALL = "[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]"
@@ -54,7 +54,7 @@ def main() -> None:
         batch, ovs = VARIANTS[name]
         run = work / name.replace(" ", "_")
         steps = args.samples // batch
-        o = [*ovs, f"train.batch_size={batch}", f"train.max_steps={steps}", f"train.output_dir={run}",
+        o = [DIRECT, *ovs, f"train.batch_size={batch}", f"train.max_steps={steps}", f"train.output_dir={run}",
              "train.log_every=5"]
         tr = run_cli(["train", args.recipe, "--overwrite", *[x for kv in o for x in ("-o", kv)]], work,
                      log=work / f"{run.name}.log")

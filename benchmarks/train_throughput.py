@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import read_metrics, run_cli, write_json  # noqa: E402
+from common import DIRECT, read_metrics, run_cli, write_json  # noqa: E402
 
 CONFIGS = {
     "fp32": {"precision": "fp32", "dtype": "float32", "cache": False},
@@ -36,7 +36,7 @@ CONFIGS = {
 
 def overrides(cfg: dict, out: Path, steps: int, extra: list[str]) -> list[str]:
     o = [f"train.precision={cfg['precision']}", f"llm.dtype={cfg['dtype']}", f"train.feature_cache={cfg['cache']}",
-         f"train.output_dir={out}", f"train.max_steps={steps}", "train.log_every=1", *extra]
+         f"train.output_dir={out}", f"train.max_steps={steps}", "train.log_every=1", DIRECT, *extra]
     return [x for kv in o for x in ("-o", kv)]
 
 

@@ -46,7 +46,9 @@ def cmd_eval(args) -> None:
         res = evaluate(vlm, args.data or recipe.data.eval, turns=args.turns or recipe.data.turns, batch_size=args.batch_size or recipe.eval.batch_size,
                        max_new_tokens=recipe.eval.max_new_tokens, limit=args.limit or recipe.eval.limit,
                        precision=precision, image_root=recipe.data.image_root,
-                       out_path=out, loss_records=args.loss_records, max_length=recipe.data.max_length)
+                       out_path=out, loss_records=args.loss_records, max_length=recipe.data.max_length,
+                       describe_first=None if args.no_describe else recipe.data.describe_first,
+                       describe_max_new_tokens=recipe.eval.describe_max_new_tokens)
         if "val_loss" in res:
             print(f"held-out loss {res['val_loss']:.4f} per answer token on {res['val_loss_records']} records")
         print(f"accuracy {100 * res['accuracy']:.2f}% on {res['n']} questions ({res['questions_per_s']:.1f} questions/s)")
@@ -76,7 +78,9 @@ def cmd_chat(args) -> None:
 
     vlm, recipe, _ = load_vlm(args.ckpt, _common_device(args))
     session = ChatSession(vlm, args.image, precision=args.precision or recipe.train.precision,
-                          max_new_tokens=args.max_new_tokens)
+                          max_new_tokens=args.max_new_tokens,
+                          describe_first=None if args.no_describe else recipe.data.describe_first,
+                          describe_max_new_tokens=recipe.eval.describe_max_new_tokens)
     if args.question:
         session.ask(" ".join(args.question))
     else:
@@ -167,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--precision", choices=["fp32", "bf16"])
     e.add_argument("--device")
     e.add_argument("--out", help="result JSON (default: RUN/eval.json)")
+    e.add_argument("--no-describe", action="store_true",
+                   help="answer directly, even if the recipe describes the image first (data.describe_first)")
     e.add_argument("--text", action="store_true",
                    help="also measure text-only ability (perplexity, QA accuracy) before and after training")
     e.add_argument("--text-only", action="store_true", help="only the text-only ability (skip VQA)")
@@ -178,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--image", action="append", help="image file; repeat for several images (placed in order before the first question)")
     c.add_argument("--ckpt", default="runs/default", help="run folder or checkpoint folder")
     c.add_argument("--max-new-tokens", type=int, default=128)
+    c.add_argument("--no-describe", action="store_true",
+                   help="answer directly, even if the recipe describes the image first (data.describe_first)")
     c.add_argument("--precision", choices=["fp32", "bf16"])
     c.add_argument("--device")
     c.set_defaults(func=cmd_chat)

@@ -106,6 +106,11 @@ class DataConfig:
                     "pack its question/answer pairs as independent single-turn questions that share the "
                     "image prefix (one image encoding per record, no answer visible to another question)")
     limit: Optional[int] = _f(None, "use only the first N training records")
+    describe_first: Optional[str] = _f(None, "a request such as 'Describe the image.': every question about an "
+                                       "image is asked behind a first exchange in which the model describes the "
+                                       "image (LLaMA-Adapter V2's expert captions, the model as its own expert); "
+                                       "training uses each record's gold 'description', eval and chat the "
+                                       "model's own (docs/DESCRIBE.md)")
 
 
 @dataclass
@@ -136,6 +141,7 @@ class EvalConfig:
     batch_size: int = _f(64, "questions per generation batch")
     max_new_tokens: int = _f(8, "generation budget per answer")
     limit: Optional[int] = _f(None, "evaluate only the first N questions")
+    describe_max_new_tokens: int = _f(32, "generation budget per description (data.describe_first)")
 
 
 @dataclass
@@ -272,6 +278,8 @@ def validate(r: Recipe, source: str) -> None:
         raise ConfigError(f"{source}: key 'train.schedule' must be cosine, linear or constant")
     if r.llm.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"{source}: key 'llm.dtype' must be float32, bfloat16 or float16")
+    if r.data.describe_first is not None and (not isinstance(r.data.describe_first, str) or not r.data.describe_first.strip()):
+        raise ConfigError(f"{source}: key 'data.describe_first' must be a non-empty request (text) or null")
     if r.data.turns not in ("conversation", "independent"):
         raise ConfigError(f"{source}: key 'data.turns' must be conversation or independent, got {r.data.turns!r}")
     for i, m in enumerate(r.methods):

@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from vlgraft.data.records import IMAGE_PLACEHOLDER, Record
+from vlgraft.data.records import IMAGE_PLACEHOLDER, Record, split_image_lead
 from vlgraft.errors import DataError, VlgraftError
 from vlgraft.models.llm import LanguageModel
 from vlgraft.models.vlm import IMAGE_TOKEN_ID
@@ -121,19 +121,16 @@ def common_prefix_len(seqs: list[torch.Tensor], limit: int | None = None) -> int
 
 def _single_turns(rec: Record) -> list[list[tuple[str, str]]]:
     """Each (question, answer) pair of ``rec`` as its own single-turn conversation, the image (if any)
-    placed where the record's first question had it."""
-    system = [(r, t) for r, t in rec.turns if r == "system"]
-    body = [(r, t) for r, t in rec.turns if r != "system"]
-    lead = ""
-    if rec.has_image:
-        first = body[0][1]
-        if first.count(IMAGE_PLACEHOLDER) != max(1, len(rec.images)):
-            raise DataError(f"{rec.where}: with data.turns=independent every {IMAGE_PLACEHOLDER} must be in the "
-                            "first question (each question is asked about all images); use data.turns=conversation")
-        k = first.rindex(IMAGE_PLACEHOLDER) + len(IMAGE_PLACEHOLDER)
-        if first[k: k + 1] == "\n":
-            k += 1
-        lead, body[0] = first[:k], ("user", first[k:])
+    placed where the record's first question had it. A record's lead exchanges (``lead_pairs``, e.g.
+    the describe-first exchange, which holds the images) come before every question."""
+    if rec.has_image and not rec.lead_pairs:
+        system, lead, body = split_image_lead(rec, "with data.turns=independent (each question is asked about "
+                                                   "all images; else use data.turns=conversation)")
+    else:  # text-only, or the lead exchanges hold the images and precede every question
+        system = [(r, t) for r, t in rec.turns if r == "system"]
+        body = [(r, t) for r, t in rec.turns if r != "system"]
+        k, lead = 2 * rec.lead_pairs, ""
+        system, body = system + body[:k], body[k:]
     return [system + [("user", lead + body[i][1]), ("assistant", body[i + 1][1])] for i in range(0, len(body), 2)]
 
 

@@ -30,6 +30,7 @@ class Record:
     image_text: str | None = None  # TOMGPT: a text standing in for the image (encoded by the paired text tower)
     more_images: list[str] = field(default_factory=list)  # images 2..n, in placeholder order
     document: bool = False  # an interleaved document: one ("document", text) turn, every text token learnt
+    lead_pairs: int = 0  # leading (user, assistant) exchanges that every question is asked behind (describe-first)
 
     @property
     def has_image(self) -> bool:
@@ -43,6 +44,21 @@ class Record:
     @property
     def where(self) -> str:
         return self.source or self.id
+
+
+def split_image_lead(rec: Record, need: str) -> tuple[list[tuple[str, str]], str, list[tuple[str, str]]]:
+    """(system turns, the first question up to and including its last ``<image>``, the other turns
+    with that part removed). Every placeholder must be in the first question; ``need`` says what
+    requires it in the error."""
+    system = [(r, t) for r, t in rec.turns if r == "system"]
+    body = [(r, t) for r, t in rec.turns if r != "system"]
+    first = body[0][1]
+    if first.count(IMAGE_PLACEHOLDER) != max(1, len(rec.images)) or any(IMAGE_PLACEHOLDER in t for _, t in body[1:]):
+        raise DataError(f"{rec.where}: {need}, every {IMAGE_PLACEHOLDER} must be in the first question")
+    k = first.rindex(IMAGE_PLACEHOLDER) + len(IMAGE_PLACEHOLDER)
+    if first[k: k + 1] == "\n":
+        k += 1
+    return system, first[:k], [("user", first[k:])] + body[1:]
 
 
 def parse_record(raw: dict, index: int, source: str, image_root: Path | None) -> Record:

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from vlgraft.data.cache import FeatureCache
 from vlgraft.data.conversation import _single_turns, tokenize_prompt
 from vlgraft.data.dataset import collate, image_input
+from vlgraft.data.describe import describe_prompt, gold_description, with_description, with_gold_descriptions
 from vlgraft.data.records import load_records
 from vlgraft.eval.packed import generate_packed, packed_prompt
 from vlgraft.errors import DataError
@@ -60,22 +61,24 @@ def eval_items(records, turns: str = "conversation") -> list[dict]:
                 items.append({"id": f"{rec.id}#{k}", "record": rec, "turns": conv[:-1], "answer": conv[-1][1],
                               "type": types[k] if types else rec.meta.get("answer_type", "all")})
             continue
-        k = 0
+        k, skip = 0, rec.lead_pairs  # lead exchanges (describe-first) are context, not questions
         for i, (role, text) in enumerate(rec.turns):
-            if role == "assistant":
+            if role == "assistant" and skip:
+                skip -= 1
+            elif role == "assistant":
                 items.append({"id": f"{rec.id}#{k}", "record": rec, "turns": rec.turns[:i], "answer": text,
                               "type": types[k] if types else rec.meta.get("answer_type", "all")})
                 k += 1
     return items
 
 
-def _predict_single(vlm, items, cache, batch_size, max_new_tokens, precision, device) -> list[str]:
+def _predict_single(vlm, items, cache, batch_size, max_new_tokens, precision, device, desc: str = "eval") -> list[str]:
     """Batched single-prompt greedy generation (left-padded, HF generate with the KV cache)."""
     tok = vlm.llm.tokenizer
     prompts = [tokenize_prompt(it["turns"], vlm.llm, vlm.num_image_tokens, it["record"].where) for it in items]
     order = sorted(range(len(items)), key=lambda i: len(prompts[i]))  # little padding per batch
     preds = [""] * len(items)
-    for s in tqdm(range(0, len(order), batch_size), desc="eval", unit="batch"):
+    for s in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
         idx = order[s: s + batch_size]
         batch = [{"input_ids": prompts[i], **image_input(items[i]["record"], cache, vlm.vision)} for i in idx]
         inp = {k: v.to(device) if v is not None else None for k, v in collate(batch, tok.pad_token_id, left=True).items()}
@@ -86,7 +89,7 @@ def _predict_single(vlm, items, cache, batch_size, max_new_tokens, precision, de
     return preds
 
 
-def _predict_packed(vlm, items, cache, batch_size, max_new_tokens, precision, device) -> list[str]:
+def _predict_packed(vlm, items, cache, batch_size, max_new_tokens, precision, device, desc: str = "eval") -> list[str]:
     """Independent questions about one image decoded together behind one shared prefix."""
     tok = vlm.llm.tokenizer
     groups: dict[str, list[int]] = {}
@@ -107,7 +110,7 @@ def _predict_packed(vlm, items, cache, batch_size, max_new_tokens, precision, de
             chunks.append(cur)
             cur, n = [], 0
     chunks += [cur] if cur else []
-    for chunk in tqdm(chunks, desc="eval", unit="batch"):
+    for chunk in tqdm(chunks, desc=desc, unit="batch"):
         batch = collate([p for _, p in chunk], tok.pad_token_id)
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         with autocast(device, precision):
@@ -116,6 +119,28 @@ def _predict_packed(vlm, items, cache, batch_size, max_new_tokens, precision, de
             for i, t in zip(idx, per_q):
                 preds[i] = tok.decode(t, skip_special_tokens=True).strip()
     return preds
+
+
+def describe_records(vlm, records, request: str, cache, batch_size, max_new_tokens, precision, device) -> list[str | None]:
+    """The model's own description of each image record (None for records without an image), asked
+    with ``request`` and greedy-decoded in batches of ``batch_size`` images (the packed decoder with one
+    question per image: its prefill-once KV-cache loop is several times faster than ``generate`` here)."""
+    todo = [i for i, r in enumerate(records) if r.has_image and not r.document]
+    asks = [{"record": records[i], "turns": describe_prompt(records[i], request)} for i in todo]
+    out: list[str | None] = [None] * len(records)
+    for i, d in zip(todo, _predict_packed(vlm, asks, cache, batch_size, max_new_tokens, precision, device, "describe")):
+        out[i] = d
+    return out
+
+
+def describe_summary(records, described: list[str | None], request: str) -> dict:
+    """How many images were described and, where records carry a gold description, how many of the
+    model's descriptions equal it after normalisation."""
+    pairs = [(gold_description(r), d) for r, d in zip(records, described) if d is not None]
+    gold = [(g, d) for g, d in pairs if g is not None]
+    hits = sum(normalize(g) == normalize(d) for g, d in gold)
+    return {"request": request, "described": len(pairs), "with_gold": len(gold),
+            "gold_match": hits / len(gold) if gold else None}
 
 
 def autocast(device: torch.device, precision: str):
@@ -154,18 +179,29 @@ def write_result(out: Path, result: dict, rows: list[dict], rows_suffix: str) ->
 def evaluate(vlm, data_spec: str, turns: str = "conversation", batch_size: int = 64, max_new_tokens: int = 8, limit: int | None = None,
              precision: str = "bf16", image_root: str | None = None, use_cache: bool = True,
              out_path: Path | None = None, console: Console | None = None, loss_records: int = 0,
-             max_length: int = 2048) -> dict:
+             max_length: int = 2048, describe_first: str | None = None, describe_max_new_tokens: int = 32) -> dict:
+    """``describe_first``: a request (e.g. "Describe the image."); the model first describes each
+    image in answer to it, then every question is asked behind that exchange (docs/DESCRIBE.md)."""
     console = console or Console(stderr=True)
     device = next(vlm.parameters()).device
     items = eval_items(load_records(data_spec, image_root), turns)[:limit]
+    records = list({id(it["record"]): it["record"] for it in items}.values())
     cache = FeatureCache(vlm.vision, precision) if use_cache and vlm.vision_cacheable() else None
     if cache is not None:
-        cache.fill([(p, it["record"].where) for it in items for p in it["record"].images], device)
+        cache.fill([(p, rec.where) for rec in records for p in rec.images], device)
     val_loss, recs = None, []
     if loss_records:
-        recs = list({id(it["record"]): it["record"] for it in items}.values())[:loss_records]
+        recs = records[:loss_records]
+        if describe_first:  # teacher forcing, as in training: the gold description where there is one
+            recs = with_gold_descriptions(recs, describe_first)[0]
         val_loss, _ = heldout_nll(vlm, recs, turns, max_length, cache, max(1, batch_size // 8), precision, device)
     t0 = time.time()
+    described = None
+    if describe_first:
+        described = describe_records(vlm, records, describe_first, cache, batch_size, describe_max_new_tokens,
+                                     precision, device)
+        by_id = {id(r): with_description(r, describe_first, d) for r, d in zip(records, described) if d is not None}
+        items = eval_items([by_id.get(id(r), r) for r in records], turns)[:limit]
     predict = _predict_packed if turns == "independent" else _predict_single
     preds = predict(vlm, items, cache, batch_size, max_new_tokens, precision, device)
     elapsed = time.time() - t0
@@ -180,6 +216,9 @@ def evaluate(vlm, data_spec: str, turns: str = "conversation", batch_size: int =
             by_type[key][2] += f1
         rows.append({"id": it["id"], "answer": it["answer"], "prediction": pred, "correct": ok, "f1": f1,
                      "type": it["type"]})
+        if it["record"].lead_pairs:
+            rows[-1]["description"] = it["record"].turns[next(i for i, (r, _) in enumerate(it["record"].turns)
+                                                              if r == "assistant")][1]
     result = {
         "data": data_spec, "n": len(items), "accuracy": by_type["all"][0] / max(1, by_type["all"][1]),
         "f1": by_type["all"][2] / max(1, by_type["all"][1]),
@@ -187,6 +226,8 @@ def evaluate(vlm, data_spec: str, turns: str = "conversation", batch_size: int =
         "seconds": elapsed, "questions_per_s": len(items) / max(elapsed, 1e-9), "precision": precision,
         "turns": turns,
     }
+    if described is not None:
+        result["describe_first"] = describe_summary(records, described, describe_first)
     if val_loss is not None:
         result["val_loss"] = val_loss
         result["val_loss_records"] = len(recs)
@@ -196,6 +237,10 @@ def evaluate(vlm, data_spec: str, turns: str = "conversation", batch_size: int =
     for k, v in result["by_type"].items():
         table.add_row(k, str(v["n"]), str(v["correct"]), f"{100 * v['accuracy']:.2f}%", f"{100 * v['f1']:.1f}%")
     console.print(table)
+    if described is not None:
+        d = result["describe_first"]
+        gold = f", {100 * d['gold_match']:.2f}% equal to the gold one ({d['with_gold']} images)" if d["with_gold"] else ""
+        console.print(f"described first ({describe_first!r}): {d['described']} images{gold}")
     if out_path is not None:
         write_result(Path(out_path), result, rows, ".predictions.jsonl")
         console.print(f"wrote {out_path}")

@@ -18,11 +18,17 @@ from vlgraft.eval.vqa import autocast
 
 
 class ChatSession:
-    def __init__(self, vlm, image: str | list[str] | None = None, precision: str = "bf16", max_new_tokens: int = 128):
+    """``describe_first``: a request (the recipe's ``data.describe_first``); the model first answers it
+    about the images, and that exchange opens the conversation (docs/DESCRIBE.md)."""
+
+    def __init__(self, vlm, image: str | list[str] | None = None, precision: str = "bf16", max_new_tokens: int = 128,
+                 describe_first: str | None = None, describe_max_new_tokens: int = 32):
         self.vlm = vlm
         self.device = next(vlm.parameters()).device
         self.precision = precision
         self.max_new_tokens = max_new_tokens
+        self.describe_first, self.describe_max_new_tokens = describe_first, describe_max_new_tokens
+        self.description: str | None = None
         self.turns: list[tuple[str, str]] = []
         self.features = None
         self.images = [image] if isinstance(image, str) else list(image or [])
@@ -34,17 +40,26 @@ class ChatSession:
     def ask(self, question: str, stream=sys.stdout) -> str:
         first = not self.turns and self.features is not None
         lead = f"{IMAGE_PLACEHOLDER}\n" * len(self.images) if first else ""
+        if first and self.describe_first:
+            self.turns.append(("user", lead + self.describe_first))
+            self.description = self._generate(self.describe_max_new_tokens, None)
+            self.turns.append(("assistant", self.description))
+            print(f"(described first: {self.description})", file=sys.stderr)
+            lead = ""
         self.turns.append(("user", lead + question))
+        answer = self._generate(self.max_new_tokens, stream)
+        self.turns.append(("assistant", answer))
+        return answer
+
+    def _generate(self, max_new_tokens: int, stream) -> str:
         ids = tokenize_prompt(self.turns, self.vlm.llm, self.vlm.num_image_tokens).unsqueeze(0).to(self.device)
         tok = self.vlm.llm.tokenizer
         streamer = _Streamer(tok, stream) if stream is not None else None
         with autocast(self.device, self.precision):
             counts = torch.tensor([len(self.images)], device=self.device)
             new = self.vlm.generate(ids, torch.ones_like(ids), image_features=self.features, image_counts=counts,
-                                    max_new_tokens=self.max_new_tokens, streamer=streamer)
-        answer = tok.decode(new[0], skip_special_tokens=True).strip()
-        self.turns.append(("assistant", answer))
-        return answer
+                                    max_new_tokens=max_new_tokens, streamer=streamer)
+        return tok.decode(new[0], skip_special_tokens=True).strip()
 
 
 class _Streamer(TextStreamer):

@@ -29,8 +29,9 @@ from vlgraft.config import Recipe, dump_recipe, load_recipe, to_dict
 from vlgraft.data.cache import FeatureCache
 from vlgraft.data.mixture import SourceStreams, load_training_data, pools_for, sorted_batches
 from vlgraft.data.dataset import ConversationDataset, collate
+from vlgraft.data.describe import with_gold_descriptions
 from vlgraft.data.images import load_image
-from vlgraft.errors import VlgraftError
+from vlgraft.errors import ConfigError, VlgraftError
 from vlgraft.models.vlm import VLM
 from vlgraft.train import checkpoint as ckpt
 from vlgraft.train.optim import build_optimizer, build_scheduler, param_split, resolve_groups
@@ -232,6 +233,13 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, source:
 
     # Data: validate and tokenise everything before any output is written.
     records, sources = load_training_data(recipe.data)
+    if recipe.data.describe_first:
+        records, n_desc = with_gold_descriptions(records, recipe.data.describe_first)
+        if not n_desc:
+            raise ConfigError("data.describe_first is set but no training record has a 'description' to learn "
+                              "(give records a 'description' field, or set data.describe_first: null)")
+        console.print(f"describe first: {n_desc} of {sum(r.has_image for r in records)} image records carry a "
+                      "gold description")
     use_cache = tc.feature_cache and vlm.vision_cacheable()
     cache = FeatureCache(vlm.vision, tc.precision) if use_cache else None
     images = [(p, r.where) for r in records for p in r.images]
