@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from vlgraft.data.records import IMAGE_PLACEHOLDER, Record, split_image_lead
+from vlgraft.data.records import IMAGE_PLACEHOLDER, Record, split_image_lead, system_and_body
 from vlgraft.errors import DataError, VlgraftError
 from vlgraft.models.llm import LanguageModel
 from vlgraft.models.vlm import IMAGE_TOKEN_ID
@@ -127,8 +127,7 @@ def _single_turns(rec: Record) -> list[list[tuple[str, str]]]:
         system, lead, body = split_image_lead(rec, "with data.turns=independent (each question is asked about "
                                                    "all images; else use data.turns=conversation)")
     else:  # text-only, or the lead exchanges hold the images and precede every question
-        system = [(r, t) for r, t in rec.turns if r == "system"]
-        body = [(r, t) for r, t in rec.turns if r != "system"]
+        system, body = system_and_body(rec)
         k, lead = 2 * rec.lead_pairs, ""
         system, body = system + body[:k], body[k:]
     return [system + [("user", lead + body[i][1]), ("assistant", body[i + 1][1])] for i in range(0, len(body), 2)]

@@ -46,12 +46,16 @@ class Record:
         return self.source or self.id
 
 
+def system_and_body(rec: Record) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """A record's system turns and its other turns, each in order."""
+    return [(r, t) for r, t in rec.turns if r == "system"], [(r, t) for r, t in rec.turns if r != "system"]
+
+
 def split_image_lead(rec: Record, need: str) -> tuple[list[tuple[str, str]], str, list[tuple[str, str]]]:
     """(system turns, the first question up to and including its last ``<image>``, the other turns
     with that part removed). Every placeholder must be in the first question; ``need`` says what
     requires it in the error."""
-    system = [(r, t) for r, t in rec.turns if r == "system"]
-    body = [(r, t) for r, t in rec.turns if r != "system"]
+    system, body = system_and_body(rec)
     first = body[0][1]
     if first.count(IMAGE_PLACEHOLDER) != max(1, len(rec.images)) or any(IMAGE_PLACEHOLDER in t for _, t in body[1:]):
         raise DataError(f"{rec.where}: {need}, every {IMAGE_PLACEHOLDER} must be in the first question")

@@ -200,8 +200,9 @@ def evaluate(vlm, data_spec: str, turns: str = "conversation", batch_size: int =
     if describe_first:
         described = describe_records(vlm, records, describe_first, cache, batch_size, describe_max_new_tokens,
                                      precision, device)
-        by_id = {id(r): with_description(r, describe_first, d) for r, d in zip(records, described) if d is not None}
-        items = eval_items([by_id.get(id(r), r) for r in records], turns)[:limit]
+        items = eval_items([with_description(r, describe_first, d) if d is not None else r
+                            for r, d in zip(records, described)], turns)[:limit]
+    description_of = {r.id: d for r, d in zip(records, described or []) if d is not None}
     predict = _predict_packed if turns == "independent" else _predict_single
     preds = predict(vlm, items, cache, batch_size, max_new_tokens, precision, device)
     elapsed = time.time() - t0
@@ -216,9 +217,8 @@ def evaluate(vlm, data_spec: str, turns: str = "conversation", batch_size: int =
             by_type[key][2] += f1
         rows.append({"id": it["id"], "answer": it["answer"], "prediction": pred, "correct": ok, "f1": f1,
                      "type": it["type"]})
-        if it["record"].lead_pairs:
-            rows[-1]["description"] = it["record"].turns[next(i for i, (r, _) in enumerate(it["record"].turns)
-                                                              if r == "assistant")][1]
+        if it["record"].id in description_of:
+            rows[-1]["description"] = description_of[it["record"].id]
     result = {
         "data": data_spec, "n": len(items), "accuracy": by_type["all"][0] / max(1, by_type["all"][1]),
         "f1": by_type["all"][2] / max(1, by_type["all"][1]),
