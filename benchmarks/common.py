@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from vlgraft.files import write_json  # noqa: F401  (the benchmarks write their results with it)
+
 # Runs vlgraft's CLI in this child process and reports its own peak RSS (and CUDA peak) on exit.
 _WRAPPER = r"""
 import json, resource, sys, atexit
@@ -46,12 +48,6 @@ def run_cli(args: list[str], workdir: Path, env: dict | None = None, log: Path |
 
 def read_metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def write_json(path: Path, data) -> None:
-    from vlgraft.paths import write_text_atomic
-
-    write_text_atomic(path, json.dumps(data, indent=1))
 
 
 def trainable_params(run: Path) -> int:

@@ -115,10 +115,10 @@ def evaluate_stage(name: str, spec: dict, work: Path, run: Path, res: dict) -> d
         ta = json.loads(out.read_text())["text_ability"]
         res["text"] = {k: {m: ta[k][m] for m in ("ppl", "qa_acc")} for k in ("before", "after")}
     if spec.get("describe"):  # one free description of a test emoji, as a user would ask
-        from vlgraft.data.records import load_records
+        from vlgraft.data.sources import load_records
 
         rec = load_records("emoji:captions-test", limit=1)[0]
-        chat = subprocess.run([sys.executable, "-m", "vlgraft.cli", "chat", "--ckpt", str(run), "--image", rec.image,
+        chat = subprocess.run([sys.executable, "-m", "vlgraft.cli", "chat", "--ckpt", str(run), "--image", rec.images[0],
                                "--max-new-tokens", "80", DESCRIBE], capture_output=True, text=True, check=True)
         res["describe"] = {"image": rec.id, "caption": rec.turns[-1][1], "question": DESCRIBE,
                            "answer": chat.stdout.strip()}

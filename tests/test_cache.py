@@ -1,14 +1,14 @@
 import torch
 from PIL import Image
 
-from vlgraft.config import VisionConfig
+from vlgraft.config import VisionOptions
 from vlgraft.data.cache import FeatureCache
 from vlgraft.data.images import load_image
 from vlgraft.models.vision import build_vision
 
 
 def test_feature_cache_hits_and_keys(tiny_clip, tiny_data, tmp_path):
-    enc = build_vision(VisionConfig(name=f"hf:{tiny_clip}", feature_layer=-2, grid=2)).eval()
+    enc = build_vision(VisionOptions(name=f"hf:{tiny_clip}", feature_layer=-2, grid=2)).eval()
     imgs = [str(tiny_data.parent / "img" / f"{i}.png") for i in range(3)]
     cache = FeatureCache(enc, "fp32", root=tmp_path)
     items = [(p, f"rec{i}") for i, p in enumerate(imgs)]
@@ -18,7 +18,7 @@ def test_feature_cache_hits_and_keys(tiny_clip, tiny_data, tmp_path):
         direct = enc(enc.preprocess([load_image(imgs[1])]))[0]
     torch.testing.assert_close(cache.load(imgs[1]), direct)
     # the key changes with the encoder settings and with the image's bytes
-    other = build_vision(VisionConfig(name=f"hf:{tiny_clip}", feature_layer=-2, grid=1))
+    other = build_vision(VisionOptions(name=f"hf:{tiny_clip}", feature_layer=-2, grid=1))
     assert FeatureCache(other, "fp32", root=tmp_path).dir != cache.dir
     assert FeatureCache(enc, "bf16", root=tmp_path).dir != cache.dir
     changed = tmp_path / "changed.png"

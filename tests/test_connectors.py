@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vlgraft.config import ConnectorConfig
+from vlgraft.config import ConnectorOptions, options_for
 from vlgraft.connectors import build_connector
 from vlgraft.errors import ConfigError
 
@@ -16,14 +16,14 @@ from vlgraft.errors import ConfigError
     ("prompt_projection", {}, 16, 1), ("prompt_projection", {}, 1, 1),
 ])
 def test_shapes(name, kw, n, m):
-    conn = build_connector(ConnectorConfig(name=name, **kw), 12, 32)
+    conn = build_connector(options_for(ConnectorOptions, name=name, **kw), 12, 32)
     assert conn.output_tokens(n) == m
     out = conn(torch.randn(3, n, 12))
     assert out.shape == (3, m, 32)
 
 
 def test_shuffle_concatenates_neighbours():
-    conn = build_connector(ConnectorConfig(name="pool", mode="shuffle", grid=2), 1, 4)
+    conn = build_connector(options_for(ConnectorOptions, name="pool", mode="shuffle", grid=2), 1, 4)
     with torch.no_grad():
         conn.proj.weight.copy_(torch.eye(4))
         conn.proj.bias.zero_()
@@ -34,9 +34,9 @@ def test_shuffle_concatenates_neighbours():
 
 def test_bad_settings():
     with pytest.raises(ConfigError):
-        build_connector(ConnectorConfig(name="pool", mode="shuffle", grid=3), 12, 32).output_tokens(16)
+        build_connector(options_for(ConnectorOptions, name="pool", mode="shuffle", grid=3), 12, 32).output_tokens(16)
     with pytest.raises(ConfigError):
-        build_connector(ConnectorConfig(name="resampler", num_heads=5), 12, 32)
+        build_connector(options_for(ConnectorOptions, name="resampler", num_heads=5), 12, 32)
 
 
 @pytest.mark.parametrize("kw", [{"name": "resampler", "num_queries": 3, "num_heads": 4},
@@ -48,7 +48,7 @@ def test_in_the_model(tiny_recipe, tiny_data, kw):
 
     recipe = tiny_recipe()
     recipe.vision.grid = None  # tiny CLIP: 4x4 patches
-    recipe.connector = ConnectorConfig(**kw)
+    recipe.connector = options_for(ConnectorOptions, **kw)
     vlm = VLM.from_recipe(recipe)
     assert vlm.num_image_tokens == (3 if kw["name"] == "resampler" else 4)
     batch = collate_records(vlm, load_llava_json(tiny_data)[:2])
@@ -66,7 +66,7 @@ class _Pair:
 
 
 def _mining(n_lr=4, d_lr=12, n_hr=16, d_hr=10, out=32):
-    return build_connector(ConnectorConfig(name="patch_mining"), max(d_lr, d_hr), out, _Pair(n_lr, d_lr, n_hr, d_hr))
+    return build_connector(options_for(ConnectorOptions, name="patch_mining"), max(d_lr, d_hr), out, _Pair(n_lr, d_lr, n_hr, d_hr))
 
 
 def _pair_input(b=2, n_lr=4, d_lr=12, n_hr=16, d_hr=10):
@@ -116,29 +116,29 @@ def test_patch_mining_attends_only_within_the_matching_region():
 
 def test_patch_mining_needs_two_aligned_encoders():
     with pytest.raises(ConfigError, match="vision_hr"):
-        build_connector(ConnectorConfig(name="patch_mining"), 12, 32)
+        build_connector(options_for(ConnectorOptions, name="patch_mining"), 12, 32)
     with pytest.raises(ConfigError, match="multiple"):
         _mining(n_lr=4, n_hr=9)
     with pytest.raises(ConfigError, match="patch_mining connector"):
-        build_connector(ConnectorConfig(name="mlp"), 12, 32, _Pair(4, 12, 16, 12))
+        build_connector(options_for(ConnectorOptions, name="mlp"), 12, 32, _Pair(4, 12, 16, 12))
 
 
 def test_patch_mining_in_the_model(tiny_recipe, tiny_data):
     """EfficientNet-Lite0 at 64 px (2x2) + at 128 px (4x4), mined, then into a tiny Llama."""
     from tests.test_vlm import collate_records
-    from vlgraft.config import VisionConfig
+    from vlgraft.config import VisionOptions
     from vlgraft.data.images import load_image
     from vlgraft.data.records import load_llava_json
     from vlgraft.models.vlm import VLM
 
     recipe = tiny_recipe()
-    recipe.vision = VisionConfig(name="efficientnet-lite0", image_size=64)
-    recipe.vision_hr = VisionConfig(name="efficientnet-lite0", image_size=128)
-    recipe.connector = ConnectorConfig(name="patch_mining")
+    recipe.vision = VisionOptions(name="efficientnet-lite0", image_size=64)
+    recipe.vision_hr = VisionOptions(name="efficientnet-lite0", image_size=128)
+    recipe.connector = options_for(ConnectorOptions, name="patch_mining")
     vlm = VLM.from_recipe(recipe)
     assert vlm.vision.parts == [(4, 1280), (16, 1280)] and vlm.num_image_tokens == 4
     recs = load_llava_json(tiny_data)[:2]
-    pixels = vlm.vision.preprocess([load_image(r.image) for r in recs])
+    pixels = vlm.vision.preprocess([load_image(r.images[0]) for r in recs])
     assert pixels.shape[-1] == 128  # the high-res input; the low-res one is made from it
     with torch.no_grad():
         feats = vlm.vision.eval()(pixels)

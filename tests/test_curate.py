@@ -17,7 +17,8 @@ from vlgraft.curate.filters import Deduper, check, parse
 from vlgraft.curate.generators import LocalGenerator, OpenAIGenerator
 from vlgraft.curate.pipeline import CurateConfig, curate, progress_path, report_path
 from vlgraft.curate.seeds import POOL_SIZE, REFINE_SYSTEM, SEEDS, SHOTS, SYSTEM, Example, SeedPool
-from vlgraft.data.records import IMAGE_PLACEHOLDER, Record, load_records
+from vlgraft.data.records import IMAGE_PLACEHOLDER, Record
+from vlgraft.data.sources import load_records
 from vlgraft.errors import VlgraftError
 
 GOOD = {  # tiny_data: "What color is it?" -> colour, "Is it a square?" -> yes
@@ -73,7 +74,7 @@ def _shots(msgs: list[dict]) -> list[Example]:
 
 
 def test_annotation_from_emoji_meta_and_caption():
-    rec = Record("e1", "x.png", [("user", "<image>\nWrite a short caption for this image."), ("assistant", "A hash key emoji.")],
+    rec = Record("e1", images=["x.png"], turns=[("user", "<image>\nWrite a short caption for this image."), ("assistant", "A hash key emoji.")],
                  meta={"name": "HASH KEY", "label": "hash key", "short_names": ["hash", "hash_key"],
                        "category": "Symbols", "subcategory": "keycap"})
     ann = A.extract(rec)
@@ -86,7 +87,7 @@ def test_annotation_from_emoji_meta_and_caption():
 
 
 def test_annotation_from_qa_pairs():
-    rec = Record("q", "x.png", [("user", "<image>\nWhat shape is it?"), ("assistant", "circle"),
+    rec = Record("q", images=["x.png"], turns=[("user", "<image>\nWhat shape is it?"), ("assistant", "circle"),
                                 ("user", "What color is it?"), ("assistant", "red"), ("user", "Is it blue?"),
                                 ("assistant", "no")])
     ann = A.extract(rec)
@@ -119,7 +120,7 @@ def test_pipeline_prompts_use_3_of_the_current_pool(tiny_data, tmp_path):
     pool = list(SEEDS["detail"])
     kept_ids = {r.id for r in load_records(str(tmp_path / "o.jsonl"))}
     triples = set()
-    image_records = [r for r in load_records(str(tiny_data)) if r.image]
+    image_records = [r for r in load_records(str(tiny_data)) if r.images]
     assert len(fake.calls) == len(image_records) == 12
     for rec, (msgs,) in zip(image_records, fake.calls):
         shots = _shots(msgs)
@@ -134,7 +135,7 @@ def test_pipeline_prompts_use_3_of_the_current_pool(tiny_data, tmp_path):
 
 # ---------------------------------------------------------------- filters
 
-ANN = A.extract(Record("r", "x.png", [("user", "<image>\nWhat color is it?"), ("assistant", "red"),
+ANN = A.extract(Record("r", images=["x.png"], turns=[("user", "<image>\nWhat color is it?"), ("assistant", "red"),
                                       ("user", "Is it a square?"), ("assistant", "yes")]))
 VOCAB = {"red", "green", "blue"}
 
@@ -164,7 +165,7 @@ def test_filters_keep_and_drop(kind, text, reason):
 def test_filter_copies_example_and_off_topic():
     ex = SEEDS["detail"][0].output
     assert check("detail", parse("detail", ex), ANN, VOCAB, [ex])[0] == "copies_example"
-    cap = A.extract(Record("c", "x.png", [("user", "<image>\nDescribe the image briefly."),
+    cap = A.extract(Record("c", images=["x.png"], turns=[("user", "<image>\nDescribe the image briefly."),
                                           ("assistant", "A man rides a bicycle down a wet street.")]))
     assert cap.key_terms == []
     on = "A man in a raincoat rides his bicycle along the wet street while cars wait at the light nearby."
@@ -235,7 +236,7 @@ def test_output_loads_back_in_canonical_form(tiny_data, tmp_path):
     assert len(recs) == 4 * 3  # 4 colours x 3 kinds; same-colour repeats are duplicates
     for r in recs:
         raw_id, kind = r.id.rsplit("-", 1)
-        assert r.image == src[raw_id].image and Path(r.image).is_file()
+        assert r.images[0] == src[raw_id].images[0] and Path(r.images[0]).is_file()
         assert r.turns[0][0] == "user" and r.turns[0][1].startswith(IMAGE_PLACEHOLDER + "\n")
         assert r.meta["curate"] == {"source_id": raw_id, "kind": kind}
         assert len(r.turns) == {"conversation": 4, "detail": 2, "reasoning": 2}[kind]
@@ -246,7 +247,7 @@ def test_image_paths_relative_when_under_the_output_folder(tiny_data):
     curate(_cfg(tiny_data, out, kinds=("detail",), overwrite=True), Fake(), show_progress=False)
     raw = [json.loads(ln) for ln in out.read_text().splitlines()]
     assert all(r["image"].startswith("img/") for r in raw)
-    assert all(Path(r.image).is_file() for r in load_records(str(out)))
+    assert all(Path(r.images[0]).is_file() for r in load_records(str(out)))
 
 
 def test_refine_pass_rewrites_and_refilters(tiny_data, tmp_path):

@@ -5,7 +5,8 @@ import torch
 
 from vlgraft.data.conversation import IGNORE, tokenize_conversation, tokenize_prompt
 from vlgraft.data.images import load_image
-from vlgraft.data.records import Record, load_llava_json, load_records
+from vlgraft.data.records import Record, load_llava_json
+from vlgraft.data.sources import load_records
 from vlgraft.errors import DataError
 from vlgraft.models.vlm import IMAGE_TOKEN_ID
 
@@ -80,14 +81,14 @@ def test_easyvqa_grouped_into_conversations():
 
 @pytest.fixture(scope="module")
 def smol():
-    from vlgraft.config import LLMConfig
+    from vlgraft.config import LLMOptions
     from vlgraft.models.llm import build_llm
 
-    return build_llm(LLMConfig(system_prompt=""))
+    return build_llm(LLMOptions(system_prompt=""))
 
 
 def test_labels_only_on_assistant_replies(smol):
-    rec = Record("r", "x.png", [("user", "<image>\nWhat color?"), ("assistant", "red"),
+    rec = Record("r", images=["x.png"], turns=[("user", "<image>\nWhat color?"), ("assistant", "red"),
                                  ("user", "Shape?"), ("assistant", "circle")])
     ex = tokenize_conversation(rec, smol, 5, 512)
     ids, labels = ex["input_ids"], ex["labels"]
@@ -103,7 +104,7 @@ def test_labels_only_on_assistant_replies(smol):
 
 
 def test_image_tokens_at_placeholder_with_right_count(smol):
-    rec = Record("r", "x.png", [("user", "Look: <image> now"), ("assistant", "ok")])
+    rec = Record("r", images=["x.png"], turns=[("user", "Look: <image> now"), ("assistant", "ok")])
     ids = tokenize_conversation(rec, smol, 7, 512)["input_ids"]
     pos = (ids == IMAGE_TOKEN_ID).nonzero().flatten()
     assert len(pos) == 7 and (pos.diff() == 1).all()
@@ -115,10 +116,10 @@ def test_image_tokens_at_placeholder_with_right_count(smol):
 
 
 def test_truncation_never_cuts_visual_tokens(smol, caplog):
-    rec = Record("r9", "x.png", [("user", "a " * 50 + "<image>"), ("assistant", "ok")], source="file.json: record 'r9'")
+    rec = Record("r9", images=["x.png"], turns=[("user", "a " * 50 + "<image>"), ("assistant", "ok")], source="file.json: record 'r9'")
     with pytest.raises(DataError, match="record 'r9'.*would cut visual tokens"):
         tokenize_conversation(rec, smol, 16, 40)
-    rec2 = Record("r10", "x.png", [("user", "<image>\nq"), ("assistant", "ok " * 80)], source="record 'r10'")
+    rec2 = Record("r10", images=["x.png"], turns=[("user", "<image>\nq"), ("assistant", "ok " * 80)], source="record 'r10'")
     ex = tokenize_conversation(rec2, smol, 4, 40)
     assert len(ex["input_ids"]) == 40 and "record 'r10': truncated" in caplog.text
 
@@ -129,7 +130,7 @@ def test_easyvqa_balanced_split_removes_the_wording_prior():
     from collections import Counter
 
     from vlgraft.data.formats.easyvqa import _negated
-    from vlgraft.data.records import load_records
+    from vlgraft.data.sources import load_records
 
     full, bal = load_records("easyvqa:train"), load_records("easyvqa:train-balanced")
     def pairs(recs):

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from vlgraft.data.conversation import IGNORE, _single_turns, tokenize_independent
+from vlgraft.config import DataConfig, EvalConfig
+from vlgraft.data.conversation import IGNORE, single_turns, tokenize_independent
+from vlgraft.data.sources import load_records
 from vlgraft.data.describe import describe_prompt, with_description, with_gold_descriptions
 from vlgraft.data.formats.easyvqa import description as easyvqa_description
 from vlgraft.data.records import Record
@@ -22,7 +24,7 @@ ASK = "Describe the image."
 def _rec(**kw):
     turns = [("system", "Be brief."), ("user", "<image>\nWhat color is it?"), ("assistant", "red"),
              ("user", "Is it round?"), ("assistant", "no")]
-    return Record("r1", "x.png", kw.pop("turns", turns), meta=kw.pop("meta", {"answer_types": ["color", "yes/no"]}),
+    return Record("r1", images=["x.png"], turns=kw.pop("turns", turns), meta=kw.pop("meta", {"answer_types": ["color", "yes/no"]}),
                   source="f.json: record 'r1'", **kw)
 
 
@@ -33,7 +35,7 @@ def test_with_description_opens_every_question_with_the_exchange():
                          ("user", "What color is it?"), ("assistant", "red"), ("user", "Is it round?"),
                          ("assistant", "no")]
     lead = rec.turns[:3]
-    assert _single_turns(rec) == [lead + [("user", "What color is it?"), ("assistant", "red")],
+    assert single_turns(rec) == [lead + [("user", "What color is it?"), ("assistant", "red")],
                                   lead + [("user", "Is it round?"), ("assistant", "no")]]
     # the description is context in evaluation, never a question: same items, same types, in both modes
     for turns in ("independent", "conversation"):
@@ -41,7 +43,7 @@ def test_with_description_opens_every_question_with_the_exchange():
         assert [(it["answer"], it["type"]) for it in items] == [("red", "color"), ("no", "yes/no")]
         assert all(it["turns"][:3] == lead for it in items)
     assert describe_prompt(_rec(), ASK) == [("system", "Be brief."), ("user", "<image>\n" + ASK)]
-    text_only = Record("t", None, [("user", "Hi"), ("assistant", "Hello")])
+    text_only = Record("t", turns=[("user", "Hi"), ("assistant", "Hello")])
     assert with_description(text_only, ASK, "x") is text_only
 
 
@@ -66,9 +68,7 @@ def test_easyvqa_description_from_annotations():
 
 
 def test_easyvqa_descriptions_agree_with_every_answer():
-    from vlgraft.data.formats.easyvqa import easyvqa
-
-    recs = easyvqa("test")
+    recs = load_records("easyvqa:test")
     described = [r for r in recs if "description" in r.meta]
     assert len(described) == 772
     for r in described:
@@ -100,10 +100,10 @@ def test_packed_questions_share_the_description_and_learn_it_once(smol):
 
 @pytest.fixture(scope="module")
 def smol():
-    from vlgraft.config import LLMConfig
+    from vlgraft.config import LLMOptions
     from vlgraft.models.llm import build_llm
 
-    return build_llm(LLMConfig(system_prompt=""))
+    return build_llm(LLMOptions(system_prompt=""))
 
 
 @pytest.fixture
@@ -133,8 +133,8 @@ def test_train_eval_and_chat_describe_first(tiny_recipe, tiny_data, described_da
     vlm, recipe, _ = load_vlm(out)
     assert recipe.data.describe_first == ASK
 
-    res = evaluate(vlm, str(described_data), turns="conversation", batch_size=1, max_new_tokens=3,
-                   precision="fp32", out_path=tmp_path / "e.json", describe_first=ASK, describe_max_new_tokens=6)
+    res = evaluate(vlm, DataConfig(eval=str(described_data), turns="conversation", describe_first=ASK),
+                   EvalConfig(batch_size=1, max_new_tokens=3, describe_max_new_tokens=6), "fp32", out_path=tmp_path / "e.json")
     assert res["n"] == 12 * 2 + 4  # descriptions are not questions
     d = res["describe_first"]
     assert d["described"] == 12 and d["with_gold"] == 12 and 0 <= d["gold_match"] <= 1
@@ -154,7 +154,7 @@ def test_train_eval_and_chat_describe_first(tiny_recipe, tiny_data, described_da
             del x["description"]
     p = tmp_path / "explicit.json"
     p.write_text(json.dumps(explicit))
-    evaluate(vlm, str(p), turns="conversation", batch_size=1, max_new_tokens=3, precision="fp32",
+    evaluate(vlm, DataConfig(eval=str(p), turns="conversation"), EvalConfig(batch_size=1, max_new_tokens=3), "fp32",
              out_path=tmp_path / "x.json")
     plain = {row["id"]: row["prediction"] for row in map(json.loads, (tmp_path / "x.predictions.jsonl").read_text().splitlines())}
     for row in rows:

@@ -12,7 +12,8 @@ from PIL import Image
 
 from vlgraft.data.formats import emoji as em
 from vlgraft.data.images import load_image
-from vlgraft.data.records import IMAGE_PLACEHOLDER, load_records
+from vlgraft.data.records import IMAGE_PLACEHOLDER
+from vlgraft.data.sources import load_records
 from vlgraft.errors import DataError
 
 COLORS = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (230, 220, 20), (200, 0, 200), (0, 200, 200)]
@@ -103,7 +104,7 @@ def test_captions(fake):
         assert len(r.turns) == 2 and r.turns[0][0] == "user" and r.turns[1][0] == "assistant"
         head, prompt = r.turns[0][1].split("\n")
         assert head == IMAGE_PLACEHOLDER and prompt in em.CAPTION_PROMPTS
-        assert Path(r.image).is_file() and r.meta == {"answer_type": "caption"}
+        assert Path(r.images[0]).is_file() and r.meta == {"answer_type": "caption"}
     assert [r.turns[1][1] for r in train] == ["A France flag emoji.", "A woman's hat emoji.",
                                               "A family emoji: man, woman, boy.", "An OK hand sign emoji."]
     assert test[0].turns[1][1] == "A cat face emoji."
@@ -131,7 +132,7 @@ def test_text_is_text_only(fake):
     recs = load_records("emoji:text")
     assert [r.id for r in recs] == [f"emoji-{c}-text" for c in codes[2:]]
     for r, (name, cat, _) in zip(recs, NAMES[2:]):
-        assert r.image is None and not r.has_image
+        assert not r.images and not r.has_image
         assert IMAGE_PLACEHOLDER not in r.turns[0][1] and f"'{em.label(name)}'" in r.turns[0][1]
         assert r.turns[1] == ("assistant", cat)
     assert len(load_records("emoji:text-test")) == 2
@@ -152,8 +153,8 @@ def test_split_is_stable_and_disjoint(fake):
     # pinned: the split must not change across versions, runs or machines
     assert [em.split_of(c) for c in ("1F600", "1F914", "1F680", "1F1EB-1F1F7", "1F44D")] == \
         ["train", "test", "train", "train", "train"]
-    train = {r.image for r in load_records("emoji:captions")}
-    test = {r.image for r in load_records("emoji:captions-test")}
+    train = {r.images[0] for r in load_records("emoji:captions")}
+    test = {r.images[0] for r in load_records("emoji:captions-test")}
     assert train and test and not train & test
     share = sum(em.split_of(f"{c:X}") == "test" for c in range(0x1F000, 0x1F000 + 2000)) / 2000
     assert 0.07 < share < 0.13

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from vlgraft.config import DataConfig, EvalConfig
 from vlgraft.eval.vqa import evaluate, normalize, token_f1
 from vlgraft.serve.chat import ChatSession
 from vlgraft.train.checkpoint import load_vlm
@@ -25,7 +26,7 @@ def test_token_f1():
 def test_eval_and_chat_on_a_trained_tiny_model(tiny_recipe, tiny_data, tmp_path):
     out = train(tiny_recipe(max_steps=2), source="test")
     vlm, recipe, _ = load_vlm(out)
-    res = evaluate(vlm, str(tiny_data), batch_size=5, max_new_tokens=3, precision="fp32",
+    res = evaluate(vlm, DataConfig(eval=str(tiny_data)), EvalConfig(batch_size=5, max_new_tokens=3), "fp32",
                    out_path=tmp_path / "eval.json")
     assert res["n"] == 12 * 2 + 4  # one item per assistant turn
     written = json.loads((tmp_path / "eval.json").read_text())
@@ -35,7 +36,8 @@ def test_eval_and_chat_on_a_trained_tiny_model(tiny_recipe, tiny_data, tmp_path)
     assert written["f1"] == pytest.approx(sum(p["f1"] for p in preds) / len(preds))
     assert all(p["f1"] == 1.0 for p in preds if p["correct"])
 
-    packed = evaluate(vlm, str(tiny_data), turns="independent", batch_size=5, max_new_tokens=3, precision="fp32")
+    packed = evaluate(vlm, DataConfig(eval=str(tiny_data), turns="independent"), EvalConfig(batch_size=5, max_new_tokens=3),
+                      "fp32")
     assert packed["n"] == 28 and packed["turns"] == "independent"
 
     image = str(tiny_data.parent / "img" / "0.png")

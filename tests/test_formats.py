@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vlgraft.data.records import IMAGE_PLACEHOLDER, load_records
-from vlgraft.errors import DataError
+from vlgraft.data.records import IMAGE_PLACEHOLDER
+from vlgraft.data.sources import load_records
+from vlgraft.errors import ConfigError, DataError
 
 
 @pytest.fixture(autouse=True)
@@ -45,8 +46,8 @@ def _write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
-def _raises(spec: str, *needles: str, **kw) -> str:
-    with pytest.raises(DataError) as e:
+def _raises(spec: str, *needles: str, error: type = DataError, **kw) -> str:
+    with pytest.raises(error) as e:
         load_records(spec, **kw)
     msg = str(e.value)
     assert "\n" not in msg
@@ -74,13 +75,13 @@ def test_coco(tmp_path):
     recs = load_records(f"coco:{_coco(tmp_path)}")
     assert [r.id for r in recs] == ["coco-1-10", "coco-1-11", "coco-2-12"]
     assert recs[0].turns == [("user", f"{IMAGE_PLACEHOLDER}\n{CAPTION_PROMPT}"), ("assistant", "A red square.")]
-    assert recs[0].image == str(tmp_path / "a.png") and Path(recs[2].image).name == "b.png"
+    assert recs[0].images[0] == str(tmp_path / "a.png") and Path(recs[2].images[0]).name == "b.png"
     assert recs[2].meta == {"image_id": 2, "annotation_id": 12}
     # image_root overrides the JSON's folder
     other = tmp_path / "imgs"
     _png(other / "a.png")
     _png(other / "b.png")
-    assert load_records(f"coco:{tmp_path / 'captions.json'}", image_root=str(other))[0].image == str(other / "a.png")
+    assert load_records(f"coco:{tmp_path / 'captions.json'}", image_root=str(other))[0].images[0] == str(other / "a.png")
 
 
 @pytest.mark.parametrize("bad, needle", [
@@ -124,10 +125,10 @@ def test_scienceqa(tmp_path):
     recs = load_records(f"scienceqa:{p}")
     assert [r.id for r in recs] == ["scienceqa-1", "scienceqa-2"]
     img, text = recs
-    assert img.image == str(tmp_path / "images" / "train" / "1" / "image.png") and Path(img.image).is_file()
+    assert img.images[0] == str(tmp_path / "images" / "train" / "1" / "image.png") and Path(img.images[0]).is_file()
     assert img.turns == [("user", f"{IMAGE_PLACEHOLDER}\nContext: Look.\nQuestion: Which is red?\n"
                                   "Options: (A) apple (B) sky\nAnswer with the option's letter."), ("assistant", "A")]
-    assert text.image is None and not text.has_image
+    assert not text.images and not text.has_image
     assert text.turns[0][1] == "Question: 2 + 2?\nOptions: (A) 3 (B) 4 (C) 5\nAnswer with the option's letter."
     assert text.turns[1] == ("assistant", "B")
     assert text.meta == {"subject": "language science", "grade": "grade1", "category": "Math", "split": "test",
@@ -151,7 +152,7 @@ def test_scienceqa_errors(tmp_path, fields, needle):
 
 def test_scienceqa_bad_split_spec(tmp_path):
     p = _problems(tmp_path)
-    _raises(f"scienceqa:{p}#dev", str(p), "unknown split 'dev'")
+    _raises(f"scienceqa:{p}#dev", str(p), "'split' must be one of train, val, test; got 'dev'", error=ConfigError)
 
 
 # --- m3it ---------------------------------------------------------------------------------------
@@ -171,7 +172,7 @@ def _m3it_rows() -> list[dict]:
 
 
 def test_m3it(tmp_path):
-    from vlgraft.data.formats._images import image_store
+    from vlgraft.data.formats.image_store import image_store
 
     p = _write_jsonl(tmp_path / "m3it.jsonl", _m3it_rows())
     recs = load_records(f"m3it:{p}")
@@ -180,11 +181,11 @@ def test_m3it(tmp_path):
     assert recs[1].turns[0] == ("user", f"{IMAGE_PLACEHOLDER}\n{IMAGE_PLACEHOLDER}\nCompare.\nBe short.")
     assert recs[1].meta["n_images"] == 2 and recs[0].meta["n_images"] == 1
     assert len(recs[1].images) == 2 and len(recs[0].images) == 1  # every image kept, in order
-    assert Path(recs[0].image).suffix == ".png" and Path(recs[1].image).suffix == ".jpg"
-    assert Path(recs[1].image).read_bytes() == _jpeg()  # the first image, written as is
-    assert recs[0].image == recs[3].image  # content-addressed: one file per distinct image
-    assert Path(recs[0].image).is_relative_to(image_store()) and str(tmp_path / "cache") in recs[0].image
-    assert recs[2].image is None and recs[2].turns[0] == ("user", "Say hi.")
+    assert Path(recs[0].images[0]).suffix == ".png" and Path(recs[1].images[0]).suffix == ".jpg"
+    assert Path(recs[1].images[0]).read_bytes() == _jpeg()  # the first image, written as is
+    assert recs[0].images[0] == recs[3].images[0]  # content-addressed: one file per distinct image
+    assert Path(recs[0].images[0]).is_relative_to(image_store()) and str(tmp_path / "cache") in recs[0].images[0]
+    assert not recs[2].images and recs[2].turns[0] == ("user", "Say hi.")
     assert not list(image_store().rglob(".tmp-*"))
 
 
@@ -231,8 +232,8 @@ def test_hf_saved_dataset_with_image_feature(tmp_path):
     ds.save_to_disk(str(tmp_path / "single"))
     recs = load_records(f"hf:{tmp_path / 'single'}")
     assert [r.id for r in recs] == ["r0", "r1", "r2"]
-    assert all(Path(r.image).is_file() for r in recs[:2]) and recs[2].image is None
-    assert Path(recs[1].image).suffix == ".jpg" and Path(recs[1].image).read_bytes() == _jpeg()
+    assert all(Path(r.images[0]).is_file() for r in recs[:2]) and not recs[2].images
+    assert Path(recs[1].images[0]).suffix == ".jpg" and Path(recs[1].images[0]).read_bytes() == _jpeg()
     assert recs[0].turns == [("user", "<image>\nColor?"), ("assistant", "Red.")] and recs[0].meta == {"source": "a"}
 
     DatasetDict({"train": ds, "test": ds.select([2])}).save_to_disk(str(tmp_path / "dict"))
@@ -263,8 +264,8 @@ def test_hf_parquet(tmp_path):
                    data / "test-00000-of-00001.parquet")
     recs = load_records(f"hf:{data}#train")
     assert [r.id for r in recs] == ["r0", "1", "2"]  # no id column in the second file: the running index
-    assert recs[0].image == str(data / "imgs" / "a.png")
-    assert Path(recs[1].image).suffix == ".png" and Path(recs[1].image).is_file() and recs[2].image is None
+    assert recs[0].images[0] == str(data / "imgs" / "a.png")
+    assert Path(recs[1].images[0]).suffix == ".png" and Path(recs[1].images[0]).is_file() and not recs[2].images
     assert recs[1].turns == [("user", "What is this?\n<image>"), ("assistant", "Blue.")]
     assert [r.id for r in load_records(f"hf:{data}")] == ["t0", "r0", "2", "3"]  # all files, in name order
     assert [r.id for r in load_records(f"hf:{data / 'test-00000-of-00001.parquet'}")] == ["t0"]
@@ -312,7 +313,7 @@ def test_alpaca(tmp_path, suffix):
     _write_json(p, _ALPACA) if suffix == ".json" else _write_jsonl(p, _ALPACA)
     recs = load_records(f"alpaca:{p}")
     assert [r.id for r in recs] == ["alpaca-0", "alpaca-1", "custom"]
-    assert all(r.image is None and not r.has_image for r in recs)
+    assert all(not r.images and not r.has_image for r in recs)
     assert recs[0].turns == [("user", "Add 2 and 2."), ("assistant", "4")]
     assert recs[1].turns == [("user", "Translate to French.\n\ncat"), ("assistant", "chat")]
     assert recs[1].meta == {"category": "translation"} and recs[2].meta == {}

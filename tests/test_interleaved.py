@@ -9,7 +9,8 @@ from PIL import Image
 
 from vlgraft.data.conversation import IGNORE, tokenize_conversation
 from vlgraft.data.dataset import collate, image_input
-from vlgraft.data.records import IMAGE_PLACEHOLDER, load_llava_json, load_records
+from vlgraft.data.records import IMAGE_PLACEHOLDER, load_llava_json
+from vlgraft.data.sources import load_records
 from vlgraft.errors import DataError
 from vlgraft.models.vlm import IMAGE_TOKEN_ID, VLM
 
@@ -106,9 +107,9 @@ def test_document_tokenisation_and_truncation(tiny_recipe, docs):
     assert cut["input_ids"].tolist() == ids[:second]
     # a method that takes images outside the sequence (no visual positions): images whose placeholder
     # starts before the cut are kept
-    from vlgraft.data.conversation import _encode_with_images
+    from vlgraft.data.conversation import encode_with_images
 
-    _, starts = _encode_with_images(d0.turns[0][1], vlm.llm, 0)
+    _, starts = encode_with_images(d0.turns[0][1], vlm.llm, 0)
     assert tokenize_conversation(d0, vlm.llm, 0, starts[1])["n_images"] == 1
     assert tokenize_conversation(d0, vlm.llm, 0, starts[1] + 1)["n_images"] == 2
 
@@ -148,6 +149,7 @@ def test_methods_outside_the_sequence_see_the_mean_of_a_samples_images():
 
 def test_mixture_with_documents_trains_and_eval_refuses_documents(tiny_recipe, tiny_data, docs):
     from vlgraft.config import MixSource
+    from vlgraft.config import DataConfig, EvalConfig
     from vlgraft.eval.vqa import evaluate
     from vlgraft.train.checkpoint import load_vlm
     from vlgraft.train.loop import train
@@ -160,7 +162,7 @@ def test_mixture_with_documents_trains_and_eval_refuses_documents(tiny_recipe, t
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     vlm, _, _ = load_vlm(out)
     with pytest.raises(DataError, match="document 'd0' .*no question to answer"):
-        evaluate(vlm, f"interleaved:{docs}", precision="fp32")
+        evaluate(vlm, DataConfig(eval=f"interleaved:{docs}"), EvalConfig(), "fp32")
 
 
 def test_chat_with_two_images(tiny_recipe, docs):

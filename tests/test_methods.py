@@ -11,7 +11,7 @@ import torch
 from vlgraft.config import ParamGroup
 from tests.test_vlm import collate_records
 from vlgraft.data.records import load_llava_json
-from vlgraft.methods.base import attention_of, decoder_layers
+from vlgraft.models.anatomy import attention_of, decoder_layers
 from vlgraft.models.vlm import VLM
 from vlgraft.train.optim import resolve_groups
 
@@ -50,7 +50,7 @@ def _build(recipe, methods, groups=None):
 
 def _batch(vlm, data_path, n_img: int = 2, n_txt: int = 1):
     recs = load_llava_json(data_path)
-    return collate_records(vlm, recs[:n_img] + [r for r in recs if r.image is None][:n_txt])
+    return collate_records(vlm, recs[:n_img] + [r for r in recs if not r.images][:n_txt])
 
 
 def _reference_logits(base: VLM, vlm: VLM, batch: dict) -> torch.Tensor:
@@ -217,22 +217,35 @@ def test_llama_adapter_v2_groups_are_disjoint(tiny_recipe):
     assert all(p.requires_grad for n, p in vlm.named_parameters() if n.startswith("connector."))
 
 
-def test_mma_routes_text_and_image_differently(tiny_recipe, tiny_data):
+def test_mma_routes_text_and_image_differently(tiny_recipe, tiny_data, monkeypatch):
+    from vlgraft.methods.mma import RoutedAdapter
+
+    seen: dict = {}  # router -> the routes of each call
+    original = RoutedAdapter.routes
+
+    def spy(self, x):
+        out = original(self, x)
+        seen.setdefault(self, []).append(out)
+        return out
+
+    monkeypatch.setattr(RoutedAdapter, "routes", spy)
     vlm = _build(tiny_recipe("llama"), [ZERO_INIT["mma"]])
     batch = _batch(vlm, tiny_data, n_img=1, n_txt=1)
     with torch.no_grad():
         vlm(**{k: v for k, v in batch.items() if k != "labels"})
-    routes = [v for (kind, _), v in vlm.ctx.store.items() if kind == "mma"]
-    assert len(routes) == 2  # one router per layer
+    routes = [calls[0] for calls in seen.values()]
+    assert len(routes) == 2 and all(len(c) == 1 for c in seen.values())  # one router per layer, once a forward
     assert batch["has_image"].tolist() == [True, False]
     for r in routes:
         assert torch.allclose(r.sum(-1), torch.ones(2))
         assert not torch.allclose(r[0], r[1])
     # the modality token is what differs: two image samples route identically
     batch2 = _batch(vlm, tiny_data, n_img=2, n_txt=0)
+    seen.clear()
     with torch.no_grad():
         vlm(**{k: v for k, v in batch2.items() if k != "labels"})
-    for (kind, _), r in vlm.ctx.store.items():
+    assert len(seen) == 2
+    for (r,) in seen.values():
         assert torch.allclose(r[0], r[1])
 
 

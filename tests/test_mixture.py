@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 from vlgraft.config import MixSource, ParamGroup
 from vlgraft.data.mixture import Source
 from vlgraft.errors import ConfigError, VlgraftError
-from vlgraft.train.loop import MicroBatches, train
+from vlgraft.data.sampler import MicroBatches
+from vlgraft.train.loop import train
 
 
 def _sources(sizes, weights):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vlgraft.data.conversation import IGNORE, _single_turns, tokenize_conversation, tokenize_independent
+from vlgraft.data.conversation import IGNORE, single_turns, tokenize_conversation, tokenize_independent
 from vlgraft.data.dataset import collate
 from vlgraft.data.images import load_image
 from vlgraft.data.records import Record
@@ -16,7 +16,7 @@ def test_packed_turns_equal_single_turn_logits(tiny_recipe, tiny_data, arch):
     recipe.methods = []
     vlm = VLM.from_recipe(recipe).eval()
     img = str(tiny_data.parent / "img" / "1.png")
-    rec = Record("r", img, [("user", "<image>\nWhat color is it?"), ("assistant", "green"),
+    rec = Record("r", images=[img], turns=[("user", "<image>\nWhat color is it?"), ("assistant", "green"),
                             ("user", "Is it round?"), ("assistant", "no"),
                             ("user", "How many shapes?"), ("assistant", "one")])
     pixels = vlm.vision.preprocess([load_image(img)])
@@ -26,11 +26,11 @@ def test_packed_turns_equal_single_turn_logits(tiny_recipe, tiny_data, arch):
     with torch.no_grad():
         logits = vlm(b["input_ids"], b["attention_mask"], pixel_values=b["pixel_values"],
                      position_ids=b["position_ids"], segment_ids=b["segment_ids"])["logits"][0]
-        singles = _single_turns(rec)
+        singles = single_turns(rec)
         assert [t[-1][1] for t in singles] == ["green", "no", "one"]
         seg = packed["segment_ids"]
         for k, turns in enumerate(singles, 1):
-            one = tokenize_conversation(Record("r", img, turns), vlm.llm, vlm.num_image_tokens, 512)
+            one = tokenize_conversation(Record("r", images=[img], turns=turns), vlm.llm, vlm.num_image_tokens, 512)
             ref = vlm(one["input_ids"][None], torch.ones_like(one["input_ids"])[None],
                       pixel_values=pixels)["logits"][0]
             where = torch.cat([(seg == 0).nonzero().flatten(), (seg == k).nonzero().flatten()])
@@ -46,7 +46,7 @@ def test_packed_turns_equal_single_turn_logits(tiny_recipe, tiny_data, arch):
 def test_packing_drops_whole_questions_to_fit(tiny_recipe, tiny_data, caplog):
     vlm = VLM.from_recipe(tiny_recipe())
     img = str(tiny_data.parent / "img" / "1.png")
-    rec = Record("r", img, [("user", "<image>\nQ1?"), ("assistant", "a"), ("user", "Q2?"), ("assistant", "b")],
+    rec = Record("r", images=[img], turns=[("user", "<image>\nQ1?"), ("assistant", "a"), ("user", "Q2?"), ("assistant", "b")],
                  source="f.json: record 'r'")
     full = tokenize_independent(rec, vlm.llm, vlm.num_image_tokens, 512)
     cut = tokenize_independent(rec, vlm.llm, vlm.num_image_tokens, len(full["input_ids"]) - 1)
@@ -55,7 +55,7 @@ def test_packing_drops_whole_questions_to_fit(tiny_recipe, tiny_data, caplog):
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_packed_generation_equals_single_prompt_generation(tiny_recipe, tiny_data, arch):
-    from vlgraft.eval.packed import generate_packed, packed_prompt
+    from vlgraft.data.conversation import packed_prompt
     from vlgraft.data.conversation import tokenize_prompt
 
     recipe = tiny_recipe(arch)
@@ -72,18 +72,18 @@ def test_packed_generation_equals_single_prompt_generation(tiny_recipe, tiny_dat
         turns = [("user", "<image>\n" + qs[0]), ("assistant", "x")]
         for q in qs[1:]:
             turns += [("user", q), ("assistant", "x")]
-        recs.append(Record(f"r{i}", img, turns))
+        recs.append(Record(f"r{i}", images=[img], turns=turns))
     packs, want = [], []
     for rec in recs:
-        singles = [t[:-1] for t in _single_turns(rec)]
-        pixels = vlm.vision.preprocess([load_image(rec.image)])[0]
+        singles = [t[:-1] for t in single_turns(rec)]
+        pixels = vlm.vision.preprocess([load_image(rec.images[0])])[0]
         packs.append({**packed_prompt(singles, vlm.llm, vlm.num_image_tokens, rec.id), "pixel_values": pixels})
         for s in singles:
             ids = tokenize_prompt(s, vlm.llm, vlm.num_image_tokens)[None]
             new = vlm.generate(ids, torch.ones_like(ids), pixel_values=pixels[None], max_new_tokens=5)
             want.append(new[0].tolist())
     batch = collate(packs, tok.pad_token_id)
-    got = generate_packed(vlm, batch, [3, 2], max_new_tokens=5)
+    got = vlm.generate_packed(batch, [3, 2], max_new_tokens=5)
     got = [t for per in got for t in per]
     stops = set(vlm.llm.stop_token_ids)
     want = [w[: next((i + 1 for i, x in enumerate(w) if x in stops), len(w))] for w in want]  # drop padding

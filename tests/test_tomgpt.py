@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vlgraft.config import ConnectorConfig, ParamGroup, VisionConfig
+from vlgraft.config import ConnectorOptions, ParamGroup, VisionOptions, options_for
 from vlgraft.data.images import load_image
 from vlgraft.data.records import load_llava_json
 from vlgraft.errors import DataError
@@ -46,8 +46,8 @@ def _text_records(path, n=8):
 
 def test_text_only_training_then_images_with_the_same_connector(tiny_recipe, tiny_clip_pair, tiny_data, tmp_path):
     recipe = tiny_recipe(max_steps=3)
-    recipe.vision = VisionConfig(name=f"hf:{tiny_clip_pair}", tokens="embed")
-    recipe.connector = ConnectorConfig(name="mlp")
+    recipe.vision = VisionOptions(name=f"hf:{tiny_clip_pair}", tokens="embed")
+    recipe.connector = options_for(ConnectorOptions, name="mlp")
     recipe.methods = []
     recipe.trainable = [ParamGroup("connector", ["connector"], 1e-2)]
     recipe.data.train = str(_text_records(tmp_path / "texts.json"))
@@ -63,7 +63,7 @@ def test_text_only_training_then_images_with_the_same_connector(tiny_recipe, tin
     enc = vlm.vision
     with torch.no_grad():
         text_emb = enc.encode_text(["a red square"])
-        pixels = enc.preprocess([load_image(load_llava_json(tiny_data)[0].image)])
+        pixels = enc.preprocess([load_image(load_llava_json(tiny_data)[0].images[0])])
         img_emb = enc(pixels)
     assert text_emb.shape == img_emb.shape == (1, 1, 16)  # one shared space
     torch.testing.assert_close(img_emb.norm(dim=-1), torch.ones(1, 1))
@@ -74,7 +74,7 @@ def test_text_only_training_then_images_with_the_same_connector(tiny_recipe, tin
 
     from vlgraft.serve.chat import ChatSession
 
-    session = ChatSession(vlm, image=load_llava_json(tiny_data)[0].image, precision="fp32", max_new_tokens=3)
+    session = ChatSession(vlm, image=load_llava_json(tiny_data)[0].images[0], precision="fp32", max_new_tokens=3)
     torch.testing.assert_close(session.features, img_emb, atol=1e-5, rtol=1e-5)
     answer = session.ask("What is shown?", stream=io.StringIO())
     assert isinstance(answer, str)

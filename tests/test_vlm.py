@@ -18,9 +18,9 @@ def collate_records(vlm, recs):
     items = []
     for r in recs:
         ex = tokenize_conversation(r, vlm.llm, vlm.num_image_tokens, 128)
-        if r.image:
+        if r.images:
             from vlgraft.data.images import load_image
-            ex["pixel_values"] = vlm.vision.preprocess([load_image(r.image)])[0]
+            ex["pixel_values"] = vlm.vision.preprocess([load_image(r.images[0])])[0]
         items.append(ex)
     return collate(items, vlm.llm.tokenizer.pad_token_id)
 
@@ -101,14 +101,14 @@ def test_resolve_groups_rejects_overlap_and_empty(tiny_recipe):
 
 
 def test_bundled_parts_load(tmp_path):
-    from vlgraft.config import LLMConfig, VisionConfig
+    from vlgraft.config import LLMOptions, VisionOptions
     from vlgraft.models.llm import build_llm
     from vlgraft.models.vision import build_vision
 
-    llm = build_llm(LLMConfig())
+    llm = build_llm(LLMOptions())
     assert llm.hidden_size == 576 and llm.tokenizer.convert_ids_to_tokens(llm.stop_token_ids[0]) == "<|im_end|>"
-    enc = build_vision(VisionConfig(grid=3))
+    enc = build_vision(VisionOptions(grid=3))
     from PIL import Image
     x = enc.preprocess([Image.new("RGB", (64, 64), (200, 0, 0))])
     assert enc(x).shape == (1, 9, 1280)
-    assert enc.cache_key() != build_vision(VisionConfig(grid=4)).cache_key()
+    assert enc.cache_key() != build_vision(VisionOptions(grid=4)).cache_key()

@@ -1,12 +1,16 @@
-"""Exact-name registries, one per kind of part.
+"""Exact-name registries, one per kind of part, each entry with its typed options.
 
-A duplicate registration raises; an unknown name raises and lists the known ones, so a typo in a
-recipe is a one-line fix rather than a hunt.
+A part registers itself where it is defined (``@CONNECTOR.register("mlp")``); its options class is the
+entry's ``Options`` attribute (or the ``options`` argument). A registry imports the package holding
+the built-in parts on first use, so user code only imports what it adds. A duplicate registration
+raises; an unknown name raises and lists the known ones, so a typo in a recipe is a one-line fix
+rather than a hunt. A *prefix* entry (``hf``) takes every name ``hf:<anything>``.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 from typing import Callable, Generic, TypeVar
 
 from vlgraft.errors import VlgraftError
@@ -19,38 +23,76 @@ class UnknownNameError(VlgraftError):
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, packages: tuple[str, ...] = ()):
         self.kind = kind
+        self.packages = packages  # imported on first lookup: they register the built-in parts
         self._items: dict[str, T] = {}
+        self._options: dict[str, type | None] = {}
+        self._prefixes: set[str] = set()
+        self._loaded = False
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, options: type | None = None, prefix: bool = False) -> Callable[[T], T]:
+        """Decorator: register ``obj`` under ``name`` with its options class (``options``, else
+        ``obj.Options``); ``prefix``: also every name ``<name>:<anything>``."""
         def deco(obj: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._items[name] = obj
+            self._options[name] = options or getattr(obj, "Options", None)
+            if prefix:
+                self._prefixes.add(name)
             return obj
 
         return deco
 
+    def unregister(self, name: str) -> None:
+        """Remove an entry (for parts defined by a test or a plugin that is unloaded)."""
+        self._items.pop(name, None)
+        self._options.pop(name, None)
+        self._prefixes.discard(name)
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            for pkg in self.packages:
+                importlib.import_module(pkg)
+
+    def _key(self, name: str) -> str:
+        self._load()
+        if name in self._items and name not in self._prefixes:
+            return name
+        head, sep, _ = name.partition(":")
+        if sep and head in self._prefixes:
+            return head
+        known = self.names()
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UnknownNameError(f"unknown {self.kind} {name!r}{hint}; known: {', '.join(known)}")
+
     def get(self, name: str) -> T:
-        try:
-            return self._items[name]
-        except KeyError:
-            close = difflib.get_close_matches(name, list(self._items), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}{hint}; known: {', '.join(sorted(self._items))}"
-            ) from None
+        return self._items[self._key(name)]
+
+    def options(self, name: str) -> type:
+        """The options class of the part ``name``."""
+        key = self._key(name)
+        if self._options[key] is None:
+            raise ValueError(f"{self.kind} {key!r} was registered without an options class (an Options attribute or options=)")
+        return self._options[key]
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        self._load()
+        return sorted(f"{n}:<id>" if n in self._prefixes else n for n in self._items)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._items
+        try:
+            self._key(name)
+        except UnknownNameError:
+            return False
+        return True
 
 
-VISION: Registry = Registry("vision encoder")
-LLM: Registry = Registry("language model")
-CONNECTOR: Registry = Registry("connector")
-METHOD: Registry = Registry("method")
-DATASET: Registry = Registry("dataset")
+VISION: Registry = Registry("vision encoder", ("vlgraft.models.vision", "vlgraft.zoo"))
+LLM: Registry = Registry("language model", ("vlgraft.models.llm", "vlgraft.zoo"))
+CONNECTOR: Registry = Registry("connector", ("vlgraft.connectors",))
+METHOD: Registry = Registry("method", ("vlgraft.methods",))
+DATASET: Registry = Registry("dataset", ("vlgraft.data.formats",))

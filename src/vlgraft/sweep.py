@@ -39,7 +39,7 @@ import typing
 from pathlib import Path
 
 from vlgraft.errors import ConfigError
-from vlgraft.paths import write_text_atomic
+from vlgraft.files import iter_jsonl, read_json, write_json, write_text_atomic
 
 _TOP = ("base", "overrides", "variants", "grid", "eval", "out")
 _EVAL = {"limit": int, "loss_records": int, "batch_size": int, "data": str, "text": bool}
@@ -219,10 +219,10 @@ def _collect(run: Path) -> dict:
     """Figures of a finished variant: loss curve, throughput, trainable parameters, evaluation."""
     from vlgraft.train.checkpoint import saved_param_count
 
-    m = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    m = [rec for _, rec in iter_jsonl(run / "metrics.jsonl")]
     sps = [r["samples_per_s"] for r in m[1:]] or [m[0]["samples_per_s"]]  # the first window includes warm-up
     n_params = saved_param_count(run / "final")
-    ev = json.loads((run / "eval.json").read_text())
+    ev = read_json(run / "eval.json")
     res = {"trainable_params": n_params, "samples_per_s": sum(sps) / len(sps), "steps": m[-1]["step"],
            "final_train_loss": m[-1]["loss"], "val_loss": ev.get("val_loss"), "accuracy": ev["accuracy"],
            "by_type": {k: v["accuracy"] for k, v in ev["by_type"].items() if k != "all"}, "eval_n": ev["n"],
@@ -264,14 +264,14 @@ def run_variant(sweep: Sweep, v: Variant, console) -> dict:
         res.update(status="failed", error=_last_error(log))
     if res["status"] == "failed":
         console.print(f"[red]{v.name} failed[/]: {res['error']}")
-    write_text_atomic(sweep.out / "results" / f"{safe_name(v.name)}.json", json.dumps(res, indent=1))
+    write_json(sweep.out / "results" / f"{safe_name(v.name)}.json", res)
     return res
 
 
 def _previous(sweep: Sweep, v: Variant) -> dict | None:
     """The variant's recorded result, if it was run with the same recipe and evaluation settings."""
     f = sweep.out / "results" / f"{safe_name(v.name)}.json"
-    res = json.loads(f.read_text()) if f.is_file() else None
+    res = read_json(f) if f.is_file() else None
     return res if res is not None and res.get("key") == _variant_key(v, sweep.eval) else None
 
 
@@ -387,8 +387,8 @@ def run_sweep(path: str | Path, only: list[str] | None = None, overwrite: bool =
             results.append({**prev, "reused": True})
         else:
             results.append(run_variant(sweep, v, console))
-    write_text_atomic(sweep.out / "sweep.json", json.dumps({"sweep": str(sweep.path), "base": str(sweep.base), "overrides": sweep.common,
-                                                 "eval": sweep.eval, "variants": results}, indent=1))
+    write_json(sweep.out / "sweep.json", {"sweep": str(sweep.path), "base": str(sweep.base), "overrides": sweep.common,
+                                          "eval": sweep.eval, "variants": results})
     write_text_atomic(sweep.out / "sweep.md", markdown(sweep, results))
     plotted = plot(results, sweep.out / "loss.png", f"training loss: {sweep.path.name}", console)
     head, rows = table_rows(results)

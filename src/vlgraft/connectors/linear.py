@@ -2,17 +2,15 @@
 
 from torch import nn
 
+from vlgraft.connectors.base import Connector
 from vlgraft.registry import CONNECTOR
 
 
 @CONNECTOR.register("linear")
-class LinearConnector(nn.Module):
-    def __init__(self, cfg, in_dim: int, out_dim: int):
-        super().__init__()
+class LinearConnector(Connector):
+    def __init__(self, options, in_dim: int, out_dim: int, vision=None):
+        super().__init__(options, in_dim, out_dim)
         self.proj = nn.Linear(in_dim, out_dim)
-
-    def output_tokens(self, n_in: int) -> int:
-        return n_in
 
     def forward(self, x):
         return self.proj(x)

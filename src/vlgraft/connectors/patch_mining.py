@@ -9,21 +9,33 @@ low-res ones. A two-layer GELU MLP then maps them into the LLM: ``[B, N_lr + N_h
 """
 
 import math
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlgraft.config import ConnectorOptions
+from vlgraft.connectors.base import Connector
 from vlgraft.errors import ConfigError
+from vlgraft.options import option
 from vlgraft.registry import CONNECTOR
 
 
+@dataclass
+class PatchMiningOptions(ConnectorOptions):
+    hidden_dim: Optional[int] = option(None, "width of the mining attention and of the MLP's hidden layer (null: "
+                                       "the low-res feature width, and the LLM's hidden size)", min=1)
+
+
 @CONNECTOR.register("patch_mining")
-class PatchMining(nn.Module):
-    needs_vision = True
+class PatchMining(Connector):
+    Options = PatchMiningOptions
+    reads_pair = True
 
     def __init__(self, cfg, in_dim: int, out_dim: int, vision=None):
-        super().__init__()
+        super().__init__(cfg, in_dim, out_dim)
         parts = getattr(vision, "parts", None)
         if not parts or len(parts) != 2:
             raise ConfigError("patch_mining needs two image encoders: set 'vision_hr' in the recipe (the "

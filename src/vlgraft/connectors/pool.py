@@ -5,20 +5,32 @@
 4 neighbours), so N tokens become N / grid^2 tokens of grid^2 * Dv features, then project."""
 
 import math
+from dataclasses import dataclass
 
 from torch import nn
 
+from vlgraft.config import ConnectorOptions
+from vlgraft.connectors.base import Connector
 from vlgraft.errors import ConfigError
 from vlgraft.models.vision import pool_to_grid
+from vlgraft.options import option
 from vlgraft.registry import CONNECTOR
 
 
+@dataclass
+class PoolOptions(ConnectorOptions):
+    grid: int = option(2, "output grid side (grid x grid tokens) for mode 'avg'; 'shuffle' merges grid x grid "
+                       "neighbours into one token", min=1)
+    mode: str = option("avg", "'avg' (average-pool to grid x grid) or 'shuffle' (pixel-shuffle / neighbour "
+                       "concat, MiniGPT-v2)", choices=("avg", "shuffle"))
+
+
 @CONNECTOR.register("pool")
-class PoolConnector(nn.Module):
-    def __init__(self, cfg, in_dim: int, out_dim: int):
-        super().__init__()
-        if cfg.mode not in ("avg", "shuffle") or cfg.grid < 1:
-            raise ConfigError(f"pool: mode must be 'avg' or 'shuffle' and grid >= 1 (got {cfg.mode!r}, {cfg.grid})")
+class PoolConnector(Connector):
+    Options = PoolOptions
+
+    def __init__(self, cfg, in_dim: int, out_dim: int, vision=None):
+        super().__init__(cfg, in_dim, out_dim)
         self.mode, self.g = cfg.mode, cfg.grid
         self.proj = nn.Linear(in_dim * (self.g**2 if self.mode == "shuffle" else 1), out_dim)
 

@@ -1,20 +1,32 @@
 """Perceiver / Q-Former-style resampler: M learned queries cross-attend the visual features, so the
 LLM sees M tokens whatever the input count: ``[B, N, Dv] -> [B, M, Dl]``."""
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from vlgraft.config import ConnectorOptions
+from vlgraft.connectors.base import Connector
 from vlgraft.errors import ConfigError
+from vlgraft.options import option
 from vlgraft.registry import CONNECTOR
 
 
+@dataclass
+class ResamplerOptions(ConnectorOptions):
+    num_queries: int = option(16, "number M of learned queries (visual tokens sent to the LLM)", min=1)
+    num_heads: int = option(8, "attention heads (must divide the LLM's hidden size)", min=1)
+
+
 @CONNECTOR.register("resampler")
-class Resampler(nn.Module):
-    def __init__(self, cfg, in_dim: int, out_dim: int):
-        super().__init__()
-        if cfg.num_queries < 1 or out_dim % cfg.num_heads:
-            raise ConfigError(f"resampler: num_queries must be >= 1 and num_heads ({cfg.num_heads}) must divide "
-                              f"the LLM hidden size {out_dim}")
+class Resampler(Connector):
+    Options = ResamplerOptions
+
+    def __init__(self, cfg, in_dim: int, out_dim: int, vision=None):
+        super().__init__(cfg, in_dim, out_dim)
+        if out_dim % cfg.num_heads:
+            raise ConfigError(f"resampler: num_heads ({cfg.num_heads}) must divide the LLM hidden size {out_dim}")
         self.m = cfg.num_queries
         self.kv = nn.Linear(in_dim, out_dim)
         self.norm_kv = nn.LayerNorm(out_dim)

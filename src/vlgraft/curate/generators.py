@@ -39,11 +39,11 @@ class LocalGenerator:
     def _load(self):
         import torch
 
-        from vlgraft.config import LLMConfig
+        from vlgraft.config import LLMOptions, options_for
         from vlgraft.models.llm import build_llm
 
         dev = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.llm = build_llm(LLMConfig(name=self.model_name, dtype="bfloat16" if dev.type == "cuda" else "float32"))
+        self.llm = build_llm(options_for(LLMOptions, self.model_name, dtype="bfloat16" if dev.type == "cuda" else "float32"))
         self.llm.model.to(dev).eval()
         self.llm.tokenizer.padding_side = "left"
         return self.llm

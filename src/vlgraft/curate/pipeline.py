@@ -24,9 +24,10 @@ from vlgraft.curate.annotation import Annotation, answer_vocab, extract
 from vlgraft.curate.filters import LENGTH, MAX_COPY, MAX_REPEAT, MIN_PAIRS, REASONS, Deduper, check, joined, parse
 from vlgraft.curate.generators import Generator
 from vlgraft.curate.seeds import DETAIL_INSTRUCTIONS, KINDS, SEEDS, Example, SeedPool, messages, refine_messages
-from vlgraft.data.records import IMAGE_PLACEHOLDER, Record, load_records
+from vlgraft.data.records import IMAGE_PLACEHOLDER, Record
+from vlgraft.data.sources import load_records
 from vlgraft.errors import VlgraftError
-from vlgraft.paths import write_text_atomic
+from vlgraft.files import write_json
 
 EXAMPLES_PER_REASON = 3
 
@@ -176,7 +177,7 @@ def curate(cfg: CurateConfig, generator: Generator, records: list[Record] | None
             bar.update(len(batch))
     bar.close()
     report = _report(cfg, settings, generator, records, lines, pools, kinds, out)
-    write_text_atomic(rep, json.dumps(report, indent=1))
+    write_json(rep, report)
     prog.unlink()
     return report
 
@@ -185,7 +186,7 @@ def _batch(batch, kinds, anns, vocab, pools, dedup, generator, cfg, out, dropped
     outcomes: dict[str, dict | str] = {}
     jobs: list[_Job] = []
     for _, r in batch:
-        if r.image is None:
+        if not r.images:
             outcomes[r.id] = "no_image"
             continue
         outcomes[r.id] = {}
@@ -233,7 +234,7 @@ def _batch(batch, kinds, anns, vocab, pools, dedup, generator, cfg, out, dropped
         for i, (q, a) in enumerate(pairs):
             conv += [{"from": "human", "value": (f"{IMAGE_PLACEHOLDER}\n" if i == 0 else "") + q},
                      {"from": "gpt", "value": a}]
-        recs.append({"id": f"{j.rec.id}-{j.kind}", "image": _image_ref(j.rec.image, out), "conversations": conv,
+        recs.append({"id": f"{j.rec.id}-{j.kind}", "image": _image_ref(j.rec.images[0], out), "conversations": conv,
                      "curate": {"source_id": j.rec.id, "kind": j.kind}})
         if pools[j.kind].offer(Example(j.ann.text, render(j.kind, j.pairs)), j.rng):
             pooled[j.kind] = pools[j.kind].to_json()

@@ -9,8 +9,6 @@ concurrent processes and interrupted runs never leave a half-written entry.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from vlgraft.data.images import LOADER_VERSION, load_image
+from vlgraft.files import atomic_path
 from vlgraft.paths import feature_cache_root
 
 
@@ -43,15 +42,8 @@ class FeatureCache:
         return load_file(self.entry(image_path))["features"].float()
 
     def _save(self, path: Path, feats: torch.Tensor) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"features": feats.contiguous()}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp:
+            save_file({"features": feats.contiguous()}, str(tmp))
 
     @torch.no_grad()
     def fill(self, items: list[tuple[str, str]], device: torch.device, batch_size: int = 64,

@@ -8,6 +8,7 @@ training and generation see byte-identical context.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -22,10 +23,10 @@ IGNORE = -100
 
 
 def _encode(text: str, llm: LanguageModel, n_img: int) -> list[int]:
-    return _encode_with_images(text, llm, n_img)[0]
+    return encode_with_images(text, llm, n_img)[0]
 
 
-def _encode_with_images(text: str, llm: LanguageModel, n_img: int) -> tuple[list[int], list[int]]:
+def encode_with_images(text: str, llm: LanguageModel, n_img: int) -> tuple[list[int], list[int]]:
     """Token ids with ``n_img`` visual positions per ``<image>``, and where each image starts."""
     ids: list[int] = []
     starts: list[int] = []
@@ -64,7 +65,7 @@ def tokenize_document(rec: Record, llm: LanguageModel, n_img: int, max_length: i
     token closes the document. A document longer than ``max_length`` is cut there; a cut inside an
     image's visual tokens moves before that image, and ``n_images`` says how many images remain
     (those starting before the cut, also when images take no positions)."""
-    ids, starts = _encode_with_images(rec.turns[0][1], llm, n_img)
+    ids, starts = encode_with_images(rec.turns[0][1], llm, n_img)
     eos = llm.tokenizer.eos_token_id
     if eos is not None:
         ids.append(eos)
@@ -110,6 +111,19 @@ def tokenize_prompt(turns: list[tuple[str, str]], llm: LanguageModel, n_img: int
     return torch.tensor(ids)
 
 
+def packed_prompt(questions: list[list[tuple[str, str]]], llm: LanguageModel, n_img: int, where: str) -> dict:
+    """Generation prompts of single-turn questions (each a list of turns ending with the user's
+    question) packed behind their longest common prefix, as ``tokenize_independent`` packs training
+    pairs; every question keeps at least one token of its own."""
+    prompts = [tokenize_prompt(turns, llm, n_img, where) for turns in questions]
+    p = common_prefix_len(prompts, min(len(x) for x in prompts) - 1)
+    ids = [prompts[0][:p]] + [x[p:] for x in prompts]
+    pos = [torch.arange(p)] + [torch.arange(p, len(x)) for x in prompts]
+    seg = [torch.zeros(p, dtype=torch.long)] + [torch.full((len(x) - p,), k) for k, x in enumerate(prompts, 1)]
+    return {"input_ids": torch.cat(ids), "position_ids": torch.cat(pos), "segment_ids": torch.cat(seg),
+            "n_questions": len(prompts)}
+
+
 def common_prefix_len(seqs: list[torch.Tensor], limit: int | None = None) -> int:
     """Length of the longest token prefix that all ``seqs`` share (at most ``limit``)."""
     p = min(len(x) for x in seqs) if limit is None else limit
@@ -119,7 +133,7 @@ def common_prefix_len(seqs: list[torch.Tensor], limit: int | None = None) -> int
     return p
 
 
-def _single_turns(rec: Record) -> list[list[tuple[str, str]]]:
+def single_turns(rec: Record) -> list[list[tuple[str, str]]]:
     """Each (question, answer) pair of ``rec`` as its own single-turn conversation, the image (if any)
     placed where the record's first question had it. A record's lead exchanges (``lead_pairs``, e.g.
     the describe-first exchange, which holds the images) come before every question."""
@@ -146,9 +160,8 @@ def tokenize_independent(rec: Record, llm: LanguageModel, n_img: int, max_length
     """
     if rec.document:
         return tokenize_document(rec, llm, n_img, max_length)
-    singles = [tokenize_conversation(Record(rec.id, rec.image, t, source=rec.where, image_text=rec.image_text,
-                                            more_images=rec.more_images), llm, n_img, 10**9)
-               for t in _single_turns(rec)]
+    singles = [tokenize_conversation(dataclasses.replace(rec, turns=t, lead_pairs=0), llm, n_img, 10**9)
+               for t in single_turns(rec)]
     ids0 = singles[0]["input_ids"]
     p = common_prefix_len([s["input_ids"] for s in singles])
     # a segment must start with context, never with a labelled token (its label would be predicted

@@ -8,9 +8,10 @@ is asked behind a first exchange ``<image> + request -> description``.
 - Training uses each record's gold description (its ``description`` field, ``meta["description"]``;
   easy-VQA derives one from its annotations). The description is learnt like any answer; records
   with an image but no description are trained as they are.
-- Evaluation and chat let the model write the description itself first, then ask the question in
-  the same conversation. With packed independent questions the exchange is part of the shared
-  prefix, so it costs one short generation per image.
+- Evaluation, chat and ``Model.generate`` let the model write the description itself first
+  (``describe_records``), then ask the question in the same conversation (``with_description``). With
+  packed independent questions the exchange is part of the shared prefix, so it costs one short
+  generation per image.
 
 Comparing a question's words with the words of a description is text matching, which a small LLM
 learns in a few steps; binding the question's words directly to visual features is what it learns
@@ -47,7 +48,7 @@ def with_description(rec: Record, request: str, description: str) -> Record:
     """``rec`` with the exchange ``images + request -> description`` before its first question (the
     images move into that exchange). Records without an image, documents and records that already
     have a lead exchange are returned unchanged."""
-    if not rec.has_image or rec.document or rec.lead_pairs:
+    if not describable(rec):
         return rec
     system, lead, body = split_image_lead(rec, _NEED)
     turns = system + [("user", lead + request), ("assistant", description)] + body
@@ -59,9 +60,35 @@ def with_gold_descriptions(records: list[Record], request: str) -> tuple[list[Re
     describe exchange. Returns the records and how many got one."""
     out, n = [], 0
     for rec in records:
-        d = gold_description(rec) if rec.has_image and not rec.document else None
+        d = gold_description(rec) if describable(rec) else None
         if d is not None:
             rec = with_description(rec, request, d)
             n += 1
         out.append(rec)
     return out, n
+
+
+def describable(rec: Record) -> bool:
+    """Whether a record gets a describe exchange: a chat with an image and none yet."""
+    return rec.has_image and rec.kind == "chat" and not rec.lead_pairs
+
+
+def describe_records(vlm, records: list[Record], request: str, cache=None, batch_size: int = 64,
+                     max_new_tokens: int = 32, precision: str = "fp32", show: bool = True) -> list[str | None]:
+    """The model's own description of each record's images (None for records that get none), asked
+    with ``request`` and greedy-decoded by the packed decoder, ``batch_size`` images per forward (its
+    prefill-once KV-cache loop is several times faster than ``generate`` here)."""
+    from vlgraft.inference import generate_answers
+
+    todo = [i for i, r in enumerate(records) if describable(r)]
+    asks = [{"record": records[i], "turns": describe_prompt(records[i], request)} for i in todo]
+    out: list[str | None] = [None] * len(records)
+    for i, d in zip(todo, generate_answers(vlm, asks, cache, batch_size, max_new_tokens, precision, packed=True,
+                                           desc="describe", show=show)):
+        out[i] = d
+    return out
+
+
+def with_descriptions(records: list[Record], request: str, described: list[str | None]) -> list[Record]:
+    """Each record behind its generated description (``describe_records``), where it has one."""
+    return [with_description(r, request, d) if d is not None else r for r, d in zip(records, described)]

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from vlgraft.config import DataConfig
-from vlgraft.data.records import Record, first_duplicate, load_records
+from vlgraft.data.records import Record, first_duplicate
+from vlgraft.data.sources import load_records
 from vlgraft.errors import ConfigError, VlgraftError
 
 
@@ -28,29 +29,22 @@ class Source:
 
 
 def load_training_data(data: DataConfig) -> tuple[list[Record], list[Source]]:
-    """All training records (sources concatenated) and where each source sits among them."""
-    if data.mixture and data.train is not None:
-        raise ConfigError("data.train and data.mixture are both set: a mixture lists its sources itself "
-                          "(set data.train: null)")
+    """All training records (sources concatenated) and where each source sits among them (the
+    recipe is validated: ``config.validate`` checked the mixture's settings)."""
     if not data.mixture:
         spec = data.train or "easyvqa:train"
         recs = load_records(spec, data.image_root, data.limit)
-        return recs, [Source(spec, 0, len(recs), 1.0)]
-    by_epochs = [m.epochs is not None for m in data.mixture]
-    if any(by_epochs) and not all(by_epochs):
-        raise ConfigError("data.mixture: give every source 'epochs', or none (then 'weight', default 1)")
+        if not recs:
+            raise ConfigError(f"data.train ({spec}): no records")
+        return recs, [Source(str(spec), 0, len(recs), 1.0)]
     records: list[Record] = []
     sources = []
     for i, m in enumerate(data.mixture):
-        if m.weight is not None and m.epochs is not None:
-            raise ConfigError(f"data.mixture[{i}] ({m.train}): set 'weight' or 'epochs', not both")
         share = m.epochs if m.epochs is not None else (1.0 if m.weight is None else m.weight)
-        if share <= 0:
-            raise ConfigError(f"data.mixture[{i}] ({m.train}): weight/epochs must be > 0, got {share}")
         recs = load_records(m.train, m.image_root or data.image_root, m.limit)
         if not recs:
             raise ConfigError(f"data.mixture[{i}] ({m.train}): no records")
-        sources.append(Source(m.train, len(records), len(recs), share * len(recs) if m.epochs is not None else share))
+        sources.append(Source(str(m.train), len(records), len(recs), share * len(recs) if m.epochs is not None else share))
         records += recs
     dup = first_duplicate(records)
     if dup is not None:

@@ -3,43 +3,50 @@
 A record is ``{"id", "image"?, "conversations": [{"from": "human"|"gpt"|"system", "value": str}, ...]}``.
 ``image`` is one path or a list of paths (several images, in the order of their placeholders); an
 image-text record has one ``<image>`` placeholder per image in its human turns; a text-only record has
-none. An interleaved image-text *document* (``interleaved:`` format) is a record with
-``document=True`` and a single turn: text with ``<image>`` placeholders, learnt as a whole. For TOMGPT-style text-only training a record may carry ``image_text`` instead of ``image``: a
-text that the paired text encoder of a CLIP-style model embeds in the image's place. Every check names the file and the record.
+none. Every format loads into ``Record``: a ``chat`` (turns of user / assistant / system) or a
+``document`` (an interleaved image-text document, ``interleaved:`` format: one turn, text with
+``<image>`` placeholders, learnt as a whole). For TOMGPT-style text-only training a record may carry
+``image_text`` instead of ``image``: a text that the paired text encoder of a CLIP-style model embeds
+in the image's place. Every check names the file and the record.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlgraft.errors import DataError
+from vlgraft.files import iter_jsonl, read_json
 
 IMAGE_PLACEHOLDER = "<image>"
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
+KINDS = ("chat", "document")
+
+
 @dataclass
 class Record:
     id: str
-    image: str | None  # resolved path of the (first) image, or None for text-only
-    turns: list[tuple[str, str]]  # (role in user|assistant|system|document, text)
+    turns: list[tuple[str, str]]  # (role in user|assistant|system, text); a document: one ("document", text)
+    images: list[str] = field(default_factory=list)  # resolved image paths, in the order of the placeholders
+    kind: str = "chat"  # chat | document (every text token learnt, no chat template)
+    image_text: str | None = None  # TOMGPT: a text standing in for the image (encoded by the paired text tower)
+    lead_pairs: int = 0  # leading (user, assistant) exchanges that every question is asked behind (describe-first)
     meta: dict = field(default_factory=dict)
     source: str = ""  # "file:record" for error messages
-    image_text: str | None = None  # TOMGPT: a text standing in for the image (encoded by the paired text tower)
-    more_images: list[str] = field(default_factory=list)  # images 2..n, in placeholder order
-    document: bool = False  # an interleaved document: one ("document", text) turn, every text token learnt
-    lead_pairs: int = 0  # leading (user, assistant) exchanges that every question is asked behind (describe-first)
+
+    def __post_init__(self):  # positional arguments in the wrong order would otherwise go unnoticed
+        if not isinstance(self.turns, list) or not isinstance(self.images, list) or self.kind not in KINDS:
+            raise TypeError(f"Record {self.id!r}: turns and images must be lists, kind one of {KINDS}")
 
     @property
     def has_image(self) -> bool:
-        return self.image is not None or self.image_text is not None
+        return bool(self.images) or self.image_text is not None
 
     @property
-    def images(self) -> list[str]:
-        """Every image path, in the order of the record's ``<image>`` placeholders."""
-        return ([self.image] if self.image is not None else []) + self.more_images
+    def document(self) -> bool:
+        return self.kind == "document"
 
     @property
     def where(self) -> str:
@@ -90,7 +97,7 @@ def parse_record(raw: dict, index: int, source: str, image_root: Path | None) ->
         raise DataError(f"{where}: no gpt turn, nothing to learn or evaluate")
     n_ph = sum(text.count(IMAGE_PLACEHOLDER) for _, text in turns)
     image, image_text = raw.get("image"), raw.get("image_text")
-    more: list[str] = []
+    images: list[str] = []
     if image_text is not None:
         if image is not None:
             raise DataError(f"{where}: has both 'image' and 'image_text' (one stands for the other)")
@@ -110,11 +117,9 @@ def parse_record(raw: dict, index: int, source: str, image_root: Path | None) ->
                             "(need one per image)")
         if any(IMAGE_PLACEHOLDER in text for r, text in turns if r != "user"):
             raise DataError(f"{where}: the {IMAGE_PLACEHOLDER} placeholder must be in a human turn")
-        resolved = [resolve_image(x, image_root, where) for x in paths]
-        image, more = resolved[0], resolved[1:]
+        images = [resolve_image(x, image_root, where) for x in paths]
     meta = {k: v for k, v in raw.items() if k not in ("id", "image", "image_text", "conversations")}
-    return Record(id=rid, image=image, turns=turns, meta=meta, source=where, image_text=image_text,
-                  more_images=more)
+    return Record(rid, turns, images=images, image_text=image_text, meta=meta, source=where)
 
 
 def resolve_image(path: str, image_root: Path | None, where: str) -> str:
@@ -128,28 +133,15 @@ def resolve_image(path: str, image_root: Path | None, where: str) -> str:
 
 
 def load_llava_json(path: str | Path, image_root: str | Path | None = None, limit: int | None = None) -> list[Record]:
-    """Read a LLaVA JSON list or JSONL file into validated records."""
+    """Read a LLaVA JSON list or JSONL file into validated records (the ``llava`` format)."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file not found: {p}")
     root = Path(image_root) if image_root else p.parent
-    raws: list = []
     if p.suffix == ".jsonl":
-        with p.open() as f:
-            for ln, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    raws.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{p}: line {ln} is not valid JSON: {e.msg}") from None
-                if limit and len(raws) >= limit:
-                    break
+        raws = [raw for _, raw in iter_jsonl(p, limit or None)]
     else:
-        try:
-            raws = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}: not valid JSON: {e.msg} at line {e.lineno}") from None
+        raws = read_json(p)
         if not isinstance(raws, list):
             raise DataError(f"{p}: expected a JSON list of records")
         raws = raws[:limit] if limit else raws
@@ -172,31 +164,3 @@ def check_unique_ids(records: list[Record]) -> None:
     dup = first_duplicate(records)
     if dup is not None:
         raise DataError(f"{dup.where}: duplicate id {dup.id!r}")
-
-
-def load_records(spec: str, image_root: str | None = None, limit: int | None = None) -> list[Record]:
-    """``spec`` is a LLaVA .json/.jsonl path, or ``name:arg`` for a registered dataset or format:
-    ``easyvqa:train``, ``coco:captions.json``, ``scienceqa:problems.json#train``, ... (docs/DATA.md).
-    A format's loader yields records one at a time; only the first ``limit`` are read."""
-    import inspect
-    import itertools
-
-    from vlgraft.registry import DATASET
-    import vlgraft.data.formats  # noqa: F401  (registration)
-
-    if not _has_format_prefix(spec) and (spec.endswith((".json", ".jsonl")) or Path(spec).exists()):
-        return load_llava_json(spec, image_root, limit)
-    name, _, arg = spec.partition(":")
-    fn = DATASET.get(name)
-    kwargs = {"image_root": image_root} if "image_root" in inspect.signature(fn).parameters else {}
-    records = fn(arg or "train", **kwargs)
-    records = list(itertools.islice(records, limit) if limit else records)
-    check_unique_ids(records)
-    return records
-
-
-def _has_format_prefix(spec: str) -> bool:
-    from vlgraft.registry import DATASET
-
-    name, sep, _ = spec.partition(":")
-    return bool(sep) and len(name) > 1 and name in DATASET.names()

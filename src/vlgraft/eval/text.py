@@ -31,7 +31,9 @@ from rich.table import Table
 
 from vlgraft.data.records import Record
 from vlgraft.errors import DataError
-from vlgraft.eval.vqa import _predict_single, heldout_nll, normalize
+from vlgraft.files import iter_jsonl
+from vlgraft.eval.vqa import heldout_nll, normalize
+from vlgraft.inference import device_of, generate_answers
 
 BUNDLED_TEXT_SET = Path(__file__).resolve().parent.parent / "data" / "bundled" / "text_eval.jsonl"
 
@@ -57,17 +59,10 @@ def load_text_set(path: str | Path | None = None) -> TextSet:
     p = Path(path) if path else BUNDLED_TEXT_SET
     if not p.is_file():
         raise DataError(f"text set not found: {p}")
-    data = p.read_bytes()
     ppl: list[Record] = []
     qa: list[dict] = []
     seen: set[str] = set()
-    for ln, line in enumerate(data.decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}: line {ln} is not valid JSON: {e.msg}") from None
+    for ln, raw in iter_jsonl(p):
         if not isinstance(raw, dict):
             raise DataError(f"{p}: line {ln}: a record must be an object")
         rid = str(raw.get("id", f"line{ln}"))
@@ -78,7 +73,7 @@ def load_text_set(path: str | Path | None = None) -> TextSet:
         kind = raw.get("kind")
         if kind == "ppl":
             turns = [("user", _text(raw, "instruction", where)), ("assistant", _text(raw, "response", where))]
-            ppl.append(Record(rid, None, turns, source=where))
+            ppl.append(Record(rid, turns, source=where))
         elif kind == "qa":
             answers = raw.get("answers")
             if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and normalize(a) for a in answers):
@@ -88,7 +83,7 @@ def load_text_set(path: str | Path | None = None) -> TextSet:
             raise DataError(f"{where}: 'kind' must be 'ppl' or 'qa', got {kind!r}")
     if not ppl and not qa:
         raise DataError(f"{p}: no records")
-    return TextSet(str(p), hashlib.sha1(data).hexdigest(), ppl, qa)
+    return TextSet(str(p), hashlib.sha1(p.read_bytes()).hexdigest(), ppl, qa)
 
 
 def qa_correct(prediction: str, answers: list[str], exact: bool = False) -> bool:
@@ -106,18 +101,16 @@ def qa_correct(prediction: str, answers: list[str], exact: bool = False) -> bool
 def perplexity(vlm, records: list[Record], batch_size: int = 16, precision: str = "fp32",
                max_length: int = 1024) -> dict:
     """Teacher-forced NLL per labelled response token over ``records`` (the held-out loss of VQA eval)."""
-    device = next(vlm.parameters()).device
-    nll, n = heldout_nll(vlm, records, "conversation", max_length, None, batch_size, precision, device)
+    nll, n = heldout_nll(vlm, records, "conversation", max_length, None, batch_size, precision, device_of(vlm))
     return {"ppl": math.exp(nll), "nll": nll, "tokens": n}
 
 
 def qa_predictions(vlm, items: list[dict], batch_size: int = 16, max_new_tokens: int = 16,
                    precision: str = "fp32") -> list[str]:
     """Greedy answers to single-turn text questions (VQA eval's batched generation, no image)."""
-    device = next(vlm.parameters()).device
-    prompts = [{"turns": [("user", it["question"])], "record": Record(it["id"], None, [], source=it["where"])}
+    prompts = [{"turns": [("user", it["question"])], "record": Record(it["id"], [], source=it["where"])}
                for it in items]
-    return _predict_single(vlm, prompts, None, batch_size, max_new_tokens, precision, device)
+    return generate_answers(vlm, prompts, None, batch_size, max_new_tokens, precision, desc="text QA")
 
 
 def text_ability(vlm, text_set: TextSet | str | Path | None = None, batch_size: int = 16,
@@ -165,7 +158,8 @@ def before_after(vlm, recipe, text_set: TextSet | str | Path | None = None, batc
                  precision: str = "fp32", use_cache: bool = True, console: Console | None = None) -> dict:
     """``{before, after, change}`` for trained ``vlm`` against the base LLM of ``recipe``; also the
     per-question predictions under ``predictions``."""
-    from vlgraft.paths import cache_root, write_text_atomic
+    from vlgraft.files import read_json, write_json
+    from vlgraft.paths import cache_root
 
     console = console or Console(stderr=True)
     ts = text_set if isinstance(text_set, TextSet) else load_text_set(text_set)
@@ -173,14 +167,14 @@ def before_after(vlm, recipe, text_set: TextSet | str | Path | None = None, batc
     kw = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "precision": precision,
           "max_length": recipe.data.max_length}
     cache = cache_root() / "text_ability" / f"{_before_key(recipe, ts, precision, device, max_new_tokens, recipe.data.max_length)}.json"
-    before = json.loads(cache.read_text()) if use_cache and cache.is_file() else None
+    before = read_json(cache) if use_cache and cache.is_file() else None
     if before is None:
         console.print(f"text ability: base LLM {recipe.llm.name} (before)")
         base = base_vlm(vlm, recipe)
         before = text_ability(base, ts, **kw)
         del base
         if use_cache:
-            write_text_atomic(cache, json.dumps(before))
+            write_json(cache, before, indent=None)
         before["cached"] = False
     else:
         before["cached"] = True

@@ -7,13 +7,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from vlgraft.config import MethodOptions
 from vlgraft.errors import ConfigError
-from vlgraft.methods.base import Method, attention_of, decoder_layers, ffn_of
+from vlgraft.methods.base import Method
+from vlgraft.models.anatomy import attention_of, decoder_layers, ffn_of
+from vlgraft.options import option
 from vlgraft.registry import METHOD
 
 _ACTS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "identity": nn.Identity}
@@ -62,28 +65,25 @@ def attach(in_mod: nn.Module, out_mod: nn.Module, adapter: Bottleneck, mode: str
 
 
 @dataclass
-class BottleneckOptions:
-    mode: str = "serial"  # serial (Houlsby) | parallel
-    placement: list[str] = field(default_factory=lambda: ["attn", "ffn"])  # attn and/or ffn sublayers
-    bottleneck: int = 64
-    act: str = "relu"
-    scale: float = 1.0
-    dropout: float = 0.0
+class BottleneckOptions(MethodOptions):
+    mode: str = option("serial", "serial (Houlsby: on the sublayer's output) | parallel (He et al.: from its input)",
+                       choices=("serial", "parallel"))
+    placement: list[str] = option(factory=lambda: ["attn", "ffn"], help="the sublayers that get an adapter",
+                                  choices=("attn", "ffn"))
+    bottleneck: int = option(64, "bottleneck width", min=1)
+    act: str = option("relu", "nonlinearity", choices=tuple(_ACTS))
+    scale: float = option(1.0, "scale of the adapter's output")
+    dropout: float = option(0.0, "dropout inside the adapter", min=0, max=1)
 
 
 @METHOD.register("bottleneck_adapter")
 class BottleneckAdapter(Method):
-    Config = BottleneckOptions
+    Options = BottleneckOptions
 
     def apply(self, vlm) -> None:
         c = self.cfg
-        if c.mode not in ("serial", "parallel"):
-            raise ConfigError(f"bottleneck_adapter: mode must be 'serial' or 'parallel', got {c.mode!r}")
-        bad = set(c.placement) - {"attn", "ffn"}
-        if bad or not c.placement:
-            raise ConfigError(f"bottleneck_adapter: placement must list 'attn' and/or 'ffn', got {c.placement}")
-        if c.act not in _ACTS:
-            raise ConfigError(f"bottleneck_adapter: act must be one of {sorted(_ACTS)}, got {c.act!r}")
+        if not c.placement:
+            raise ConfigError("bottleneck_adapter: placement must list 'attn' and/or 'ffn'")
         dim = vlm.llm.hidden_size
         for layer in decoder_layers(vlm.llm.model):
             for where in c.placement:

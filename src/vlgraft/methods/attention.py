@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import torch
 
+from vlgraft.models.masks import BOOL_MASK_IMPLEMENTATIONS, with_prefix_keys
+
 NAME = "vlgraft"
+assert NAME in BOOL_MASK_IMPLEMENTATIONS  # SDPA underneath: it takes boolean masks
 _registered = False
 
 
@@ -33,11 +36,6 @@ def _register() -> None:
     _registered = True
 
 
-def uses_bool_mask(config) -> bool:
-    """Whether the model's attention takes boolean (SDPA-style) 4-D masks rather than additive ones."""
-    return config._attn_implementation in ("sdpa", NAME)
-
-
 def enable(model) -> None:
     _register()
     if model.config._attn_implementation == NAME:
@@ -50,18 +48,6 @@ def enable(model) -> None:
     model.set_attn_implementation(NAME)
 
 
-def _extend_mask(mask, b: int, t: int, s: int, p: int, device) -> torch.Tensor:
-    """The layer's mask with ``p`` always-visible columns in front (prefix keys)."""
-    if mask is None:  # SDPA's implicit causal mask, aligned to the end (cached keys come first)
-        mask = torch.ones(t, s, dtype=torch.bool, device=device).tril(s - t)[None, None]
-    if mask.dtype == torch.bool:
-        extra = torch.ones(*mask.shape[:-1], p, dtype=torch.bool, device=device)
-    else:
-        extra = torch.zeros(*mask.shape[:-1], p, dtype=mask.dtype, device=device)
-    out = torch.cat([extra, mask], dim=-1)
-    return out.expand(b, -1, -1, -1) if out.shape[0] == 1 else out
-
-
 def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None, **kw):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -69,7 +55,7 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
     if prefix is not None:
         pk, pv = prefix(module, query)
         b, _, t, _ = query.shape
-        attention_mask = _extend_mask(attention_mask, b, t, key.shape[2], pk.shape[2], query.device)
+        attention_mask = with_prefix_keys(attention_mask, b, t, key.shape[2], pk.shape[2], query.device)
         key = torch.cat([pk.to(key.dtype), key], dim=2)
         value = torch.cat([pv.to(value.dtype), value], dim=2)
         is_causal = False

@@ -25,24 +25,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlgraft.config import MethodOptions
 from vlgraft.errors import ConfigError
-from vlgraft.methods.base import (Method, attention_of, decoder_layers, enable_attention_hooks, is_norm,
-                                  linear_layers, num_heads, project_kv)
+from vlgraft.methods.attention import enable as enable_attention_hooks
+from vlgraft.methods.base import Method, current_context
+from vlgraft.models.anatomy import (attention_of, decoder_layers, kv_dtype, linear_layers, norm_parameters, num_heads,
+                                    project_kv)
+from vlgraft.options import option
 from vlgraft.registry import METHOD
-
-
-def _proj_dtype(attn: nn.Module) -> torch.dtype:
-    proj = getattr(attn, "k_proj", None) or getattr(attn, "c_attn")
-    return proj.weight.dtype
 
 
 class GatedPrompt(nn.Module):
     """Extra tokens attended through their own softmax, gated per head by ``tanh(gate)`` (gate = 0)."""
 
-    def __init__(self, holder, n_heads: int, n_prompt: int = 0, hidden: int = 0, source: str = "static",
+    def __init__(self, n_heads: int, n_prompt: int = 0, hidden: int = 0, source: str = "static",
                  init_std: float = 0.02):
         super().__init__()
-        self.holder = holder  # VLM's context holder (plain object, not a submodule)
         self.source = source  # static | static+global | visual
         self.gate = nn.Parameter(torch.zeros(n_heads))
         if source != "visual":
@@ -50,7 +48,7 @@ class GatedPrompt(nn.Module):
 
     def tokens(self, batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Prompt tokens ``[B, K, hidden]`` and a per-sample keep mask ``[B]`` (None: all)."""
-        ctx = self.holder.ctx
+        ctx = current_context()
         if self.source == "visual":
             vis = ctx.visual_per_sample() if ctx is not None else None
             return (None, None) if vis is None else (vis, ctx.has_image)
@@ -64,7 +62,7 @@ class GatedPrompt(nn.Module):
         toks, keep = self.tokens(b)
         if toks is None:
             return query.new_zeros(b, t, h, d)
-        key, value = project_kv(attn, toks.to(_proj_dtype(attn)))
+        key, value = project_kv(attn, toks.to(kv_dtype(attn)))
         rep = h // key.shape[1]
         key, value = key.repeat_interleave(rep, 1).to(query.dtype), value.repeat_interleave(rep, 1).to(query.dtype)
         scale = scaling if scaling is not None else 1 / math.sqrt(d)
@@ -95,16 +93,17 @@ class BiasScale(nn.Module):
 
 
 @dataclass
-class LlamaAdapterOptions:
-    prompt_len: int = 10  # K adaptation prompts per adapted layer
-    layers: Optional[int] = None  # top L layers get prompts (null: all)
-    multimodal: bool = True  # add the global image feature to every prompt (V1's visual path)
-    init_std: float = 0.02
+class LlamaAdapterOptions(MethodOptions):
+    prompt_len: int = option(10, "K adaptation prompts per adapted layer", min=1)
+    layers: Optional[int] = option(None, "the top L layers get prompts (null: all)", min=1)
+    multimodal: bool = option(True, "add the global image feature to every prompt (V1's visual path); the image "
+                              "then does not enter the token sequence")
+    init_std: float = option(0.02, "standard deviation of the prompts' initialisation", min=0)
 
 
 @METHOD.register("llama_adapter")
 class LlamaAdapter(Method):
-    Config = LlamaAdapterOptions
+    Options = LlamaAdapterOptions
 
     @property
     def consumes_visual(self) -> bool:
@@ -122,8 +121,8 @@ class LlamaAdapter(Method):
         hidden = vlm.llm.hidden_size
         for layer in self._top_layers(vlm, n):
             attn = attention_of(layer)
-            _attach(attn, "vlgraft_prompt", GatedPrompt(vlm.ctx_holder, num_heads(attn)[0], self.cfg.prompt_len,
-                                                        hidden, source, self.cfg.init_std))
+            _attach(attn, "vlgraft_prompt", GatedPrompt(num_heads(attn)[0], self.cfg.prompt_len, hidden, source,
+                                                        self.cfg.init_std))
 
     def apply(self, vlm) -> None:
         enable_attention_hooks(vlm.llm.model)
@@ -131,19 +130,24 @@ class LlamaAdapter(Method):
 
 
 @dataclass
-class LlamaAdapterV2Options:
-    prompt_len: int = 10
-    layers: Optional[int] = None  # top L layers get static prompts (null: all but the fusion layers)
-    fusion_layers: int = 1  # first layers that attend to the visual tokens (early fusion)
-    bias_scale: bool = True
-    unfreeze_norms: bool = True
-    init_std: float = 0.02
+class LlamaAdapterV2Options(MethodOptions):
+    prompt_len: int = option(10, "K adaptation prompts per adapted layer", min=1)
+    layers: Optional[int] = option(None, "the top L layers get static prompts (null: all but the fusion layers)",
+                                   min=0)
+    fusion_layers: int = option(1, "the first layers, which attend to the visual tokens (early fusion)", min=1)
+    bias_scale: bool = option(True, "a learnable bias (0) and scale (1) on every linear layer of the LLM")
+    unfreeze_norms: bool = option(True, "train the LLM's normalisation layers")
+    init_std: float = option(0.02, "standard deviation of the prompts' initialisation", min=0)
 
 
 @METHOD.register("llama_adapter_v2")
 class LlamaAdapterV2(LlamaAdapter):
-    Config = LlamaAdapterV2Options
-    consumes_visual = True  # early fusion: visual tokens are attended as gated prompts
+    Options = LlamaAdapterV2Options
+
+    @property
+    def consumes_visual(self) -> bool:
+        return True  # early fusion: visual tokens are attended as gated prompts
+
     def apply(self, vlm) -> None:
         model = vlm.llm.model
         enable_attention_hooks(model)
@@ -156,7 +160,7 @@ class LlamaAdapterV2(LlamaAdapter):
             self._add_prompts(vlm, n_top, "static")
         for layer in layers[:f]:
             attn = attention_of(layer)
-            _attach(attn, "vlgraft_visual", GatedPrompt(vlm.ctx_holder, num_heads(attn)[0], source="visual"))
+            _attach(attn, "vlgraft_visual", GatedPrompt(num_heads(attn)[0], source="visual"))
         if self.cfg.bias_scale:
             head = model.get_output_embeddings()
             for name, lin in linear_layers(model, exclude=(head,)):
@@ -165,10 +169,9 @@ class LlamaAdapterV2(LlamaAdapter):
                 lin.add_module("vlgraft_bias_scale", bs)
                 lin.register_forward_hook(bs.hook)
         if self.cfg.unfreeze_norms:
-            self.claims += [f"llm.model.{n}.{p}" for n, m in model.named_modules() if is_norm(m)
-                            for p, _ in m.named_parameters(recurse=False)]
+            self.claims += norm_parameters(model, "llm.model.")
 
-    def split_groups(self, created: list[str]) -> None:
-        image = [n for n in created if ".vlgraft_visual." in n]
-        self.groups = {"image": ["connector.*", *image],
-                       "language": [n for n in created if n not in image] + self.claims}
+    def parameter_groups(self) -> dict[str, list[str]]:
+        image = [n for n in self.created if ".vlgraft_visual." in n]
+        return {"image": ["connector.*", *image],
+                "language": [n for n in self.created if n not in image] + self.claims}

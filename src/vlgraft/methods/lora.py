@@ -2,24 +2,25 @@
 
 LoRA: ``W + (alpha/r) B A`` beside frozen linears, B = 0 at start; ``use_dora`` adds DoRA's learned
 magnitude. IA3: learned rescaling vectors (ones at start) on keys, values and the feed-forward.
-``merge_adapters`` folds them into the base weights for export.
+Both merge into the base weights (``merge``, for export).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass
+from typing import ClassVar, Optional
 
 from torch import nn
 
+from vlgraft.config import MethodOptions
 from vlgraft.errors import ConfigError
 from vlgraft.methods.base import Method
+from vlgraft.models.anatomy import decoder_layers
+from vlgraft.options import option
 from vlgraft.registry import METHOD
 
 
-def _target(vlm, target: str, method: str) -> nn.Module:
-    if target not in ("llm", "vision"):
-        raise ConfigError(f"{method}: target must be 'llm' or 'vision', got {target!r}")
+def _target(vlm, target: str) -> nn.Module:
     return vlm.llm.model if target == "llm" else vlm.vision
 
 
@@ -32,22 +33,29 @@ def _inject(conf, module: nn.Module, method: str) -> None:
         raise ConfigError(f"{method}: {str(e).splitlines()[0]}") from None
 
 
+_TARGETS = ("llm", "vision")
+
+
 @dataclass
-class LoraOptions:
-    r: int = 16
-    alpha: float = 32
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    target: str = "llm"  # llm | vision
-    use_dora: bool = False
-    layers: Optional[list[int]] = None  # only these block indices (negative: from the top); null: all
+class LoraOptions(MethodOptions):
+    aliases: ClassVar[dict[str, str]] = {"rank": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
+                                         "layers_to_transform": "layers"}  # peft's names
+    r: int = option(16, "rank of the update B A", min=1)
+    alpha: float = option(32, "scale alpha: the update is (alpha / r) B A", min=0)
+    dropout: float = option(0.0, "dropout on the LoRA input", min=0, max=1)
+    target_modules: list[str] = option(factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+                                       help="names of the linear layers that get an update")
+    target: str = option("llm", "which model: the LLM or the vision tower", choices=_TARGETS)
+    use_dora: bool = option(False, "DoRA: a learned magnitude per output (weight-decomposed LoRA)")
+    layers: Optional[list[int]] = option(None, "only these block indices (negative: from the top); null: all")
 
 
 @METHOD.register("lora")
 class LoRA(Method):
     """Parameter names stay peft's: ``...q_proj.lora_A.default.weight``."""
 
-    Config = LoraOptions
+    Options = LoraOptions
+    mergeable = True
 
     def apply(self, vlm) -> None:
         from peft import LoraConfig
@@ -55,8 +63,6 @@ class LoRA(Method):
         c = self.cfg
         layers = None
         if c.layers is not None:
-            from vlgraft.methods.base import decoder_layers
-
             n = len(decoder_layers(vlm.llm.model)) if c.target == "llm" else len(vlm.vision.transformer_layers())
             bad = [i for i in c.layers if not -n <= i < n]
             if bad or not n:
@@ -64,19 +70,25 @@ class LoRA(Method):
             layers = sorted({i % n for i in c.layers})
         conf = LoraConfig(r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout, target_modules=list(c.target_modules),
                           use_dora=c.use_dora, layers_to_transform=layers)
-        _inject(conf, _target(vlm, c.target, "lora"), "lora")
+        _inject(conf, _target(vlm, c.target), "lora")
+
+    def merge(self, vlm) -> int:
+        return merge_adapters(_target(vlm, self.cfg.target))
 
 
 @dataclass
-class IA3Options:
-    target_modules: list[str] = field(default_factory=lambda: ["k_proj", "v_proj", "down_proj"])
-    feedforward_modules: Optional[list[str]] = field(default_factory=lambda: ["down_proj"])
-    target: str = "llm"
+class IA3Options(MethodOptions):
+    target_modules: list[str] = option(factory=lambda: ["k_proj", "v_proj", "down_proj"],
+                                       help="layers whose outputs (or, for feed-forward ones, inputs) are rescaled")
+    feedforward_modules: Optional[list[str]] = option(factory=lambda: ["down_proj"],
+                                                      help="those of target_modules rescaled on their input")
+    target: str = option("llm", "which model: the LLM or the vision tower", choices=_TARGETS)
 
 
 @METHOD.register("ia3")
 class IA3(Method):
-    Config = IA3Options
+    Options = IA3Options
+    mergeable = True
 
     def apply(self, vlm) -> None:
         from peft import IA3Config
@@ -86,7 +98,10 @@ class IA3(Method):
         if not set(ff) <= set(c.target_modules):
             raise ConfigError(f"ia3: feedforward_modules {ff} must be a subset of target_modules {c.target_modules}")
         _inject(IA3Config(target_modules=list(c.target_modules), feedforward_modules=ff),
-                _target(vlm, c.target, "ia3"), "ia3")
+                _target(vlm, c.target), "ia3")
+
+    def merge(self, vlm) -> int:
+        return merge_adapters(_target(vlm, self.cfg.target))
 
 
 def merge_adapters(root: nn.Module) -> int:

@@ -21,16 +21,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlgraft.errors import ConfigError
+from vlgraft.config import MethodOptions
 from vlgraft.methods.adapters import Bottleneck
-from vlgraft.methods.base import Method, attention_of, decoder_layers
+from vlgraft.methods.base import Method, current_context
+from vlgraft.models.anatomy import attention_of, decoder_layers
+from vlgraft.options import option
 from vlgraft.registry import METHOD
 
 
 class RoutedAdapter(nn.Module):
-    def __init__(self, holder, dim: int, bottleneck: int, temperature: float, scale: float):
+    def __init__(self, dim: int, bottleneck: int, temperature: float, scale: float):
         super().__init__()
-        self.holder = holder
         self.down = nn.Linear(dim, bottleneck)
         self.up = nn.ModuleList([nn.Linear(bottleneck, dim) for _ in range(2)])
         for u in self.up:
@@ -41,14 +42,12 @@ class RoutedAdapter(nn.Module):
         self.scale = scale
 
     def routes(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, 2]`` mixing weights from the modality token's hidden state, computed once per batch."""
-        ctx = self.holder.ctx
-        store = ctx.store if ctx is not None else {}
-        key = ("mma", id(self))
-        if key not in store:
-            h0 = x[:, 0].to(self.router.weight.dtype)
-            store[key] = F.softmax(self.router(h0) / self.temperature, dim=-1)
-        return store[key]
+        """``[B, 2]`` mixing weights from the modality token's hidden state: computed at prefill and kept
+        for the decoding steps, whose inputs do not hold the modality token."""
+        def compute():
+            return F.softmax(self.router(x[:, 0].to(self.router.weight.dtype)) / self.temperature, dim=-1)
+        ctx = current_context()
+        return compute() if ctx is None else ctx.memo(self, compute)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.routes(x)
@@ -77,33 +76,31 @@ class _Plain(nn.Module):
 
 
 @dataclass
-class MMAOptions:
-    bottleneck: int = 8  # LaVIN's adapter width
-    temperature: float = 10.0
-    scale: float = 1.0
-    vision: bool = True  # also adapt the vision side (tower layers, or the neck of a CNN tower)
+class MMAOptions(MethodOptions):
+    bottleneck: int = option(8, "adapter width (LaVIN's)", min=1)
+    temperature: float = option(10.0, "router softmax temperature (> 0)", min=1e-6)
+    scale: float = option(1.0, "scale of the adapters' output")
+    vision: bool = option(True, "also adapt the vision side (tower layers, or the neck of a CNN tower)")
 
 
 @METHOD.register("mma")
 class MMA(Method):
-    Config = MMAOptions
+    Options = MMAOptions
 
     def apply(self, vlm) -> None:
-        if self.cfg.temperature <= 0:
-            raise ConfigError("mma: temperature must be > 0")
         dim = vlm.llm.hidden_size
         self.embedding = nn.Embedding(2, dim)  # 0: text-only, 1: image-text
         nn.init.normal_(self.embedding.weight, std=0.02)
         vlm.add_module("mma_modality", self.embedding)
         for layer in decoder_layers(vlm.llm.model):
-            ad = RoutedAdapter(vlm.ctx_holder, dim, self.cfg.bottleneck, self.cfg.temperature, self.cfg.scale)
+            ad = RoutedAdapter(dim, self.cfg.bottleneck, self.cfg.temperature, self.cfg.scale)
             layer.add_module("vlgraft_mma", ad)
             attention_of(layer).register_forward_pre_hook(_pre_hook(ad), with_kwargs=True)
         if self.cfg.vision:
             self._vision(vlm)
 
     def _vision(self, vlm) -> None:
-        tower_layers = vlm.vision.transformer_layers() if hasattr(vlm.vision, "transformer_layers") else None
+        tower_layers = vlm.vision.transformer_layers()
         if tower_layers:
             for layer in tower_layers:
                 attn = attention_of(layer)

@@ -14,28 +14,31 @@ from typing import Optional
 import torch
 from torch import nn
 
+from vlgraft.config import MethodOptions
 from vlgraft.errors import ConfigError
-from vlgraft.methods.base import Method, attention_of, decoder_layers, enable_attention_hooks, head_dim, num_heads
+from vlgraft.methods.attention import enable as enable_attention_hooks
+from vlgraft.methods.base import Method, current_context
+from vlgraft.models.anatomy import attention_of, decoder_layers, head_dim, num_heads
+from vlgraft.options import option
 from vlgraft.registry import METHOD
 
 
 @dataclass
-class PromptTuningOptions:
-    num_virtual_tokens: int = 20
-    init_text: Optional[str] = None  # initialise from this text's token embeddings (repeated to length)
+class PromptTuningOptions(MethodOptions):
+    num_virtual_tokens: int = option(20, "soft tokens placed before the sequence", min=1)
+    init_text: Optional[str] = option(None, "initialise from this text's token embeddings (repeated to length); "
+                                      "null: sampled vocabulary embeddings")
 
 
 @METHOD.register("prompt_tuning")
 class PromptTuning(Method):
-    Config = PromptTuningOptions
+    Options = PromptTuningOptions
 
     def apply(self, vlm) -> None:
         from peft import PromptTuningConfig
         from peft.tuners.prompt_tuning import PromptEmbedding
 
         n = self.cfg.num_virtual_tokens
-        if n < 1:
-            raise ConfigError("prompt_tuning: num_virtual_tokens must be >= 1")
         emb = vlm.llm.model.get_input_embeddings()
         conf = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=n, token_dim=vlm.llm.hidden_size,
                                   num_transformer_submodules=1)
@@ -58,15 +61,15 @@ class PromptTuning(Method):
 
 
 @dataclass
-class PrefixTuningOptions:
-    num_virtual_tokens: int = 20
-    projection: bool = False  # reparameterise through an MLP (Li & Liang); off: direct key/value tables
-    encoder_hidden_size: int = 512
+class PrefixTuningOptions(MethodOptions):
+    num_virtual_tokens: int = option(20, "key/value prefix length in every layer", min=1)
+    projection: bool = option(False, "reparameterise through an MLP (Li & Liang); off: direct key/value tables")
+    encoder_hidden_size: int = option(512, "hidden width of that MLP", min=1)
 
 
 @METHOD.register("prefix_tuning")
 class PrefixTuning(Method):
-    Config = PrefixTuningOptions
+    Options = PrefixTuningOptions
 
     def apply(self, vlm) -> None:
         from peft import PrefixTuningConfig
@@ -85,19 +88,18 @@ class PrefixTuning(Method):
         if not self.cfg.projection:
             nn.init.normal_(enc.embedding.weight, std=0.02)
         vlm.add_module("prefix_tuning", enc)
-        self.encoder, self.holder = enc, vlm.ctx_holder
+        self.encoder = enc
         for i, layer in enumerate(layers):
             attention_of(layer).vlgraft_prefix = self._make(i)
 
     def _table(self, device) -> torch.Tensor:
-        """``[L, 2, Hkv, P, D]`` for the current batch (computed once per forward)."""
-        store = self.holder.ctx.store if self.holder.ctx is not None else {}
-        key = ("prefix", id(self))
-        if key not in store:
+        """``[L, 2, Hkv, P, D]`` for the current batch (computed once per forward, shared by the layers)."""
+        def compute():
             p = self.cfg.num_virtual_tokens
             out = self.encoder(torch.arange(p, device=device).unsqueeze(0))[0]  # [P, L*2*Hkv*D]
-            store[key] = out.view(p, -1, 2, self.kv_heads, self.dim).permute(1, 2, 3, 0, 4)
-        return store[key]
+            return out.view(p, -1, 2, self.kv_heads, self.dim).permute(1, 2, 3, 0, 4)
+        ctx = current_context()
+        return compute() if ctx is None else ctx.memo(self.encoder, compute)
 
     def _make(self, i: int):
         def prefix(module, query):

@@ -9,21 +9,26 @@ Any other entry is an fnmatch pattern over parameter names. Recipes train the se
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from vlgraft.config import MethodOptions
 from vlgraft.errors import ConfigError
-from vlgraft.methods.base import Method, is_norm, match_names
+from vlgraft.methods.base import Method, match_names
+from vlgraft.models.anatomy import norm_parameters
+from vlgraft.options import option
 from vlgraft.registry import METHOD
 
 
 @dataclass
-class SelectOptions:
-    modules: list[str] = field(default_factory=lambda: ["proj"])
+class SelectOptions(MethodOptions):
+    modules: list[str] = option(factory=lambda: ["proj"], help="presets (proj | llm | vision | head | norms | lora) "
+                                "or fnmatch patterns over parameter names")
 
 
 @METHOD.register("select")
 class Select(Method):
-    Config = SelectOptions
+    Options = SelectOptions
+    mergeable = True  # it trains base weights themselves: merged as it is
 
     def apply(self, vlm) -> None:
         names = [n for n, _ in vlm.named_parameters()]
@@ -38,8 +43,7 @@ class Select(Method):
                 head = vlm.llm.model.get_output_embeddings().weight
                 hit = [n for n, p in vlm.named_parameters(remove_duplicate=False) if p is head][:1]
             elif entry == "norms":
-                hit = [f"llm.model.{n}.{p}" for n, m in vlm.llm.model.named_modules() if is_norm(m)
-                       for p, _ in m.named_parameters(recurse=False)]
+                hit = norm_parameters(vlm.llm.model, "llm.model.")
             elif entry == "lora":
                 hit = match_names(names, ["*lora_*"])
             else:
@@ -47,3 +51,6 @@ class Select(Method):
             if not hit:
                 raise ConfigError(f"select: {entry!r} matches no parameter")
             self.claims += [n for n in hit if n not in self.claims]
+
+    def merge(self, vlm) -> int:
+        return 0  # the selected tensors are base weights: the model already holds them

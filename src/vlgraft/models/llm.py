@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from torch import nn
 
-from vlgraft.config import LLMConfig
+from vlgraft.config import LLMOptions
 from vlgraft.errors import VlgraftError
 from vlgraft.registry import LLM
 
@@ -24,7 +27,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 class LanguageModel(nn.Module):
     """Wraps a causal LM: ``embed(ids)``, ``hidden_size``, chat rendering and the turn-end tokens."""
 
-    def __init__(self, model, tokenizer, cfg: LLMConfig):
+    def __init__(self, model, tokenizer, cfg: LLMOptions):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -41,6 +44,27 @@ class LanguageModel(nn.Module):
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(ids)
+
+    def hidden_states(self, embeds: torch.Tensor, attention_mask=None, position_ids=None, cache=None) -> torch.Tensor:
+        """The decoder's last hidden states ``[B, T, D]`` for input embeddings ``[B, T, D]``, without the
+        LM head; with ``cache`` (a transformers ``Cache``) the keys and values are appended to it."""
+        kw = {self._cache_kwarg: cache} if cache is not None else {}
+        out = self.model.base_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                    use_cache=cache is not None, **kw)
+        return out.last_hidden_state
+
+    @functools.cached_property
+    def _cache_kwarg(self) -> str:
+        """``cache`` where the model takes it (transformers >= 5.2x), else the older ``past_key_values``."""
+        return "cache" if "cache" in inspect.signature(self.model.base_model.forward).parameters else "past_key_values"
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head on hidden states ``[..., D] -> [..., V]`` (with Gemma's final soft-capping)."""
+        logits = self.model.get_output_embeddings()(hidden)
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
     def messages(self, turns: list[tuple[str, str]]) -> list[dict]:
         """(role, text) turns -> chat messages, with the recipe's system prompt first when set."""
@@ -69,7 +93,7 @@ class LanguageModel(nn.Module):
         return ids
 
 
-def load_hf_llm(path_or_id: str, cfg: LLMConfig) -> LanguageModel:
+def load_hf_llm(path_or_id: str, cfg: LLMOptions) -> LanguageModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -81,9 +105,11 @@ def load_hf_llm(path_or_id: str, cfg: LLMConfig) -> LanguageModel:
     return LanguageModel(model, tok, cfg)
 
 
-def build_llm(cfg: LLMConfig) -> LanguageModel:
-    if cfg.name.startswith("hf:"):
-        return load_hf_llm(cfg.name[3:], cfg)
-    import vlgraft.zoo  # noqa: F401  (registers bundled parts)
+@LLM.register("hf", options=LLMOptions, prefix=True)
+def hf_llm(cfg: LLMOptions) -> LanguageModel:
+    """Any ``AutoModelForCausalLM`` by hub id or local folder: ``name: hf:<id or dir>``."""
+    return load_hf_llm(cfg.name[len("hf:"):], cfg)
 
+
+def build_llm(cfg: LLMOptions) -> LanguageModel:
     return LLM.get(cfg.name)(cfg)

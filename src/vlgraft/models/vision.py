@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from vlgraft.config import VisionConfig
+from vlgraft.config import VisionOptions
 from vlgraft.errors import VlgraftError
+from vlgraft.models.anatomy import encoder_layers
 from vlgraft.registry import VISION
 
 
@@ -38,25 +39,19 @@ def pool_to_grid(tokens: torch.Tensor, grid: int | None) -> torch.Tensor:
     return x.flatten(2).transpose(1, 2)  # [B, grid*grid, D]
 
 
-TOKEN_MODES = ("patch", "cls", "cls+patch", "embed")
-
-
 class VisionEncoder(nn.Module):
     """Base class. Subclasses set ``image_size``, ``mean``, ``std`` and implement ``layer_shapes`` and
     ``layer_features``; the base turns the chosen layers into tokens (patch / cls / both, grid pooling,
     several layers merged along channels or tokens)."""
 
+    Options = VisionOptions  # a tower with options of its own subclasses them
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
-    def __init__(self, cfg: VisionConfig):
+    def __init__(self, cfg: VisionOptions):
         super().__init__()
         self.cfg = cfg
-        if cfg.tokens not in TOKEN_MODES:
-            raise VlgraftError(f"vision.tokens must be one of {', '.join(TOKEN_MODES)}, got {cfg.tokens!r}")
-        if cfg.layer_merge not in ("channels", "tokens"):
-            raise VlgraftError(f"vision.layer_merge must be 'channels' or 'tokens', got {cfg.layer_merge!r}")
         if cfg.feature_layers is not None and not cfg.feature_layers:
             raise VlgraftError("vision.feature_layers must name at least one layer (or be null)")
 
@@ -134,6 +129,10 @@ class VisionEncoder(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.encode(pixels)
 
+    def transformer_layers(self) -> list[nn.Module]:
+        """The encoder's attention blocks, for methods that insert modules there (none for a CNN)."""
+        return []
+
     def weights_id(self) -> str:
         raise NotImplementedError
 
@@ -150,6 +149,7 @@ _HF_VISION_CLASSES = {
 }
 
 
+@VISION.register("hf", prefix=True)
 class HFVisionEncoder(VisionEncoder):
     """Any transformers vision tower (CLIP, SigLIP, ViT, DINOv2, ...) by hub id or local folder.
 
@@ -158,12 +158,12 @@ class HFVisionEncoder(VisionEncoder):
     encoder, L2-normalised; ``encode_text`` gives texts the same treatment (TOMGPT's text-only
     training, docs/CONNECTORS.md)."""
 
-    def __init__(self, cfg: VisionConfig, model_id: str):
+    def __init__(self, cfg: VisionOptions):
         super().__init__(cfg)
         import transformers
         from transformers import AutoConfig, AutoImageProcessor
 
-        self.model_id = model_id
+        self.model_id = model_id = cfg.name[len("hf:"):]
         try:
             hf_cfg = AutoConfig.from_pretrained(model_id)
         except OSError as e:
@@ -207,11 +207,7 @@ class HFVisionEncoder(VisionEncoder):
         return [(self.n_patch, self.width)] * len(self.layers)
 
     def transformer_layers(self) -> list[nn.Module]:
-        """The tower's encoder blocks (for methods that insert modules before attention)."""
-        for _, mod in self.tower.named_modules():
-            if isinstance(mod, nn.ModuleList) and len(mod) and any(hasattr(mod[0], n) for n in ("self_attn", "attention")):
-                return list(mod)
-        return []
+        return encoder_layers(self.tower)
 
     def _interp(self) -> dict:
         return {"interpolate_pos_encoding": True} if self.image_size != self.native_size else {}
@@ -289,15 +285,7 @@ class DualEncoder(VisionEncoder):
         return hashlib.sha1(f"dual:{self.low.cache_key()}:{self.high.cache_key()}".encode()).hexdigest()[:16]
 
 
-def _build_one(cfg: VisionConfig) -> VisionEncoder:
-    if cfg.name.startswith("hf:"):
-        return HFVisionEncoder(cfg, cfg.name[3:])
-    import vlgraft.zoo  # noqa: F401  (registers bundled parts)
-
-    return VISION.get(cfg.name)(cfg)
-
-
-def build_vision(cfg: VisionConfig, hr: VisionConfig | None = None) -> VisionEncoder:
+def build_vision(cfg: VisionOptions, hr: VisionOptions | None = None) -> VisionEncoder:
     """The recipe's encoder; with ``hr`` (recipe key ``vision_hr``) a low/high-resolution pair."""
-    enc = _build_one(cfg)
-    return enc if hr is None else DualEncoder(enc, _build_one(hr))
+    enc = VISION.get(cfg.name)(cfg)
+    return enc if hr is None else DualEncoder(enc, VISION.get(hr.name)(hr))

@@ -10,20 +10,14 @@ from vlgraft.config import Recipe
 from vlgraft.connectors import build_connector
 from vlgraft.errors import VlgraftError
 from vlgraft.methods import apply_methods
-from vlgraft.methods.attention import uses_bool_mask
-from vlgraft.methods.base import MethodContext
+from vlgraft.methods.base import MethodContext, use_context
+from vlgraft.models import masks
 from vlgraft.models.llm import LanguageModel, build_llm
 from vlgraft.models.vision import VisionEncoder, build_vision
 
 # Token id marking one visual position in ``input_ids``; each image expands to ``num_image_tokens``
 # of them at tokenisation time, so sequence lengths (and truncation) are exact before the forward.
 IMAGE_TOKEN_ID = -200
-
-
-class _ContextHolder:
-    """Plain holder of the current batch's ``MethodContext`` (methods keep a reference to it)."""
-
-    ctx = None
 
 
 class VLM(nn.Module):
@@ -33,9 +27,21 @@ class VLM(nn.Module):
         self.connector = connector
         self.llm = llm
         self.recipe = recipe
-        self.ctx_holder = _ContextHolder()
         self.methods: list = []  # applied Method objects, in recipe order
-        self.method_params: dict[str, list[str]] = {}  # method name (and name.group) -> parameter names/patterns
+
+    @property
+    def method_params(self) -> dict[str, list[str]]:
+        """Method name (and ``name.group``) -> its parameter names / patterns, as trainable groups refer to them."""
+        out: dict[str, list[str]] = {}
+        for m in self.methods:
+            out.setdefault(m.name, []).extend(m.parameter_names())
+            for g, names in m.parameter_groups().items():
+                out.setdefault(f"{m.name}.{g}", []).extend(names)
+        return out
+
+    def method_context(self, ctx: MethodContext):
+        """``with vlm.method_context(ctx):`` — the methods' modules read ``ctx`` inside the block."""
+        return use_context(ctx)
 
     @property
     def num_image_tokens(self) -> int:
@@ -43,10 +49,6 @@ class VLM(nn.Module):
         if any(m.consumes_visual for m in self.methods):
             return 0
         return self.connector.output_tokens(self.vision.num_tokens)
-
-    @property
-    def ctx(self):
-        return self.ctx_holder.ctx
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, source: str = "recipe") -> "VLM":
@@ -64,7 +66,7 @@ class VLM(nn.Module):
     def vision_cacheable(self) -> bool:
         """Cached features equal the encoder's output: it neither trains nor carries method modules."""
         return not self.vision_trainable() and not any(
-            n.startswith("vision.") for names in self.method_params.values() for n in names)
+            n.startswith("vision.") for m in self.methods for n in m.parameter_names())
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``[B, 3, S, S] -> [B, N, Dv]``; no graph is kept when the encoder is frozen."""
@@ -81,10 +83,11 @@ class VLM(nn.Module):
 
     def prepare(self, input_ids, attention_mask=None, pixel_values=None, image_features=None, has_image=None,
                 labels=None, position_ids=None, segment_ids=None, image_counts=None) -> dict:
-        """Everything before the LLM's layers: encode and connect images, set the methods' context,
+        """Everything before the LLM's layers: encode and connect images, build the methods' context,
         splice visual tokens, put method prefixes (soft prompts, MMA's modality token) in front and
         shift masks, labels and positions to match. ``image_counts`` ``[B]`` (from ``collate``) says
-        how many of the images, in order, belong to each sample; without it a sample has at most one."""
+        how many of the images, in order, belong to each sample; without it a sample has at most one.
+        The layers must run inside ``with self.method_context(out["context"])``."""
         visual = self.visual_embeds(pixel_values, image_features)
         b = input_ids.shape[0]
         n_img = 0 if visual is None else visual.shape[0]
@@ -101,9 +104,9 @@ class VLM(nn.Module):
                 raise VlgraftError(f"{n_img} images for {b} samples: pass has_image to say which samples have one")
         if image_counts is None and int(has_image.sum()) != n_img:
             raise VlgraftError(f"batch marks {int(has_image.sum())} samples as having an image but has {n_img} images")
-        self.ctx_holder.ctx = MethodContext(visual=visual, has_image=has_image, image_counts=image_counts)
+        ctx = MethodContext(visual=visual, has_image=has_image, image_counts=image_counts)
         embeds = self.embed_inputs(input_ids, visual if self.num_image_tokens else None)
-        prefixes = [p for m in self.methods if (p := m.prefix_embeds(self, self.ctx, b)) is not None]
+        prefixes = [p for m in self.methods if (p := m.prefix_embeds(self, ctx, b)) is not None]
         if prefixes:
             pre = torch.cat([p.to(embeds.dtype) for p in prefixes], dim=1)  # [B, P, Dl]
             n = pre.shape[1]
@@ -118,7 +121,7 @@ class VLM(nn.Module):
             if segment_ids is not None:
                 segment_ids = torch.cat([torch.zeros_like(ones), segment_ids], dim=1)
         return {"embeds": embeds, "attention_mask": attention_mask, "labels": labels,
-                "position_ids": position_ids, "segment_ids": segment_ids}
+                "position_ids": position_ids, "segment_ids": segment_ids, "context": ctx}
 
     def embed_inputs(self, input_ids: torch.Tensor, visual: torch.Tensor | None) -> torch.Tensor:
         """Text embeddings with the visual tokens written at the ``IMAGE_TOKEN_ID`` positions, in order."""
@@ -134,32 +137,9 @@ class VLM(nn.Module):
         return embeds
 
     # ------------------------------------------------------------------ language side
-    def _lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.llm.model.get_output_embeddings()(hidden)
-        cap = getattr(self.llm.model.config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
-
-    def segment_mask(self, segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """4-D attention mask for packed independent turns: causal, and a token sees the shared prefix
-        (segment 0) and its own segment only. Padding (-1) attends to itself so no row is empty."""
-        t = segment_ids.shape[1]
-        q, k = segment_ids[:, :, None], segment_ids[:, None, :]
-        causal = torch.ones(t, t, dtype=torch.bool, device=segment_ids.device).tril()
-        allowed = causal & ((k == 0) | (k == q)) & (k >= 0)
-        allowed |= torch.eye(t, dtype=torch.bool, device=segment_ids.device)
-        return self.attention_mask_from(allowed[:, None], dtype)  # [B, 1, T, T]
-
-    def attention_mask_from(self, allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """A boolean "may attend" mask in the form the LLM's attention takes: as is for SDPA, additive otherwise."""
-        if uses_bool_mask(self.llm.model.config):
-            return allowed
-        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
-
     def forward(self, input_ids, attention_mask, labels=None, pixel_values=None, image_features=None,
                 position_ids=None, segment_ids=None, has_image=None, image_counts=None):
-        """``position_ids``/``segment_ids`` come with packed independent turns (see ``segment_mask``).
+        """``position_ids``/``segment_ids`` come with packed independent turns (``masks.segment_mask``).
         With ``labels``: ``{"loss_sum", "n_tokens"}`` — cross-entropy summed over labelled positions,
         computed only there (the LM head over the vocabulary is a large share of the FLOPs and most
         positions carry no label). Without: ``{"logits"}`` for every position."""
@@ -167,15 +147,14 @@ class VLM(nn.Module):
                          position_ids, segment_ids, image_counts)
         embeds, attention_mask, labels, position_ids = x["embeds"], x["attention_mask"], x["labels"], x["position_ids"]
         if x["segment_ids"] is not None:
-            attention_mask = self.segment_mask(x["segment_ids"], embeds.dtype)
-        out = self.llm.model.base_model(inputs_embeds=embeds, attention_mask=attention_mask,
-                                        position_ids=position_ids, use_cache=False)
-        hidden = out.last_hidden_state  # [B, T, Dl]
-        if labels is None:
-            return {"logits": self._lm_head(hidden)}
-        target = labels[:, 1:]
-        sel = target != -100
-        logits = self._lm_head(hidden[:, :-1][sel])  # [n_labelled, V]
+            attention_mask = masks.segment_mask(x["segment_ids"], self.llm.model.config, embeds.dtype)
+        with self.method_context(x["context"]):
+            hidden = self.llm.hidden_states(embeds, attention_mask, position_ids)  # [B, T, Dl]
+            if labels is None:
+                return {"logits": self.llm.logits(hidden)}
+            target = labels[:, 1:]
+            sel = target != -100
+            logits = self.llm.logits(hidden[:, :-1][sel])  # [n_labelled, V]
         loss_sum = F.cross_entropy(logits.float(), target[sel], reduction="sum")
         return {"loss_sum": loss_sum, "n_tokens": int(sel.sum())}
 
@@ -186,10 +165,17 @@ class VLM(nn.Module):
         x = self.prepare(input_ids, attention_mask, pixel_values, image_features, has_image,
                          image_counts=image_counts)
         tok = self.llm.tokenizer
-        return self.llm.model.generate(
-            inputs_embeds=x["embeds"], attention_mask=x["attention_mask"], max_new_tokens=max_new_tokens,
-            do_sample=kw.pop("do_sample", False), eos_token_id=self.llm.stop_token_ids,
-            pad_token_id=tok.pad_token_id, streamer=streamer, **kw)
+        with self.method_context(x["context"]):
+            return self.llm.model.generate(
+                inputs_embeds=x["embeds"], attention_mask=x["attention_mask"], max_new_tokens=max_new_tokens,
+                do_sample=kw.pop("do_sample", False), eos_token_id=self.llm.stop_token_ids,
+                pad_token_id=tok.pad_token_id, streamer=streamer, **kw)
+
+    def generate_packed(self, batch: dict, n_questions: list[int], max_new_tokens: int) -> list[list[list[int]]]:
+        """Greedy decoding of packed independent questions (``models.decoding.generate_packed``)."""
+        from vlgraft.models.decoding import generate_packed
+
+        return generate_packed(self, batch, n_questions, max_new_tokens)
 
     # ------------------------------------------------------------------ parameters
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

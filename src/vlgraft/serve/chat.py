@@ -1,7 +1,9 @@
-"""Chat with a trained model about an image: one question, or an interactive multi-turn session.
+"""Chat with a trained model about images: one question, or an interactive multi-turn session.
 
-Tokens stream as they are generated; each turn's generation uses the KV cache. The image is encoded
-once per session and its visual tokens are reused on every turn.
+Tokens stream as they are generated; each turn's generation uses the KV cache. The images are
+encoded once per session and their visual tokens reused on every turn. With describe-first
+(``data.describe_first``) the first question is asked behind the model's own description of the
+images (``data.describe``, the same exchange evaluation uses).
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ import sys
 import torch
 from transformers import TextStreamer
 
+from vlgraft.config import Recipe, inference_precision
 from vlgraft.data.conversation import tokenize_prompt
+from vlgraft.data.describe import describe_records, with_description
 from vlgraft.data.images import load_image
-from vlgraft.data.records import IMAGE_PLACEHOLDER
-from vlgraft.eval.vqa import autocast
+from vlgraft.data.records import IMAGE_PLACEHOLDER, Record
+from vlgraft.errors import VlgraftError
+from vlgraft.inference import autocast, device_of
 
 
 class ChatSession:
@@ -24,7 +29,7 @@ class ChatSession:
     def __init__(self, vlm, image: str | list[str] | None = None, precision: str = "bf16", max_new_tokens: int = 128,
                  describe_first: str | None = None, describe_max_new_tokens: int = 32):
         self.vlm = vlm
-        self.device = next(vlm.parameters()).device
+        self.device = device_of(vlm)
         self.precision = precision
         self.max_new_tokens = max_new_tokens
         self.describe_first, self.describe_max_new_tokens = describe_first, describe_max_new_tokens
@@ -37,16 +42,27 @@ class ChatSession:
             with torch.no_grad(), autocast(self.device, precision):
                 self.features = vlm.encode_images(pixels)
 
+    @classmethod
+    def from_recipe(cls, vlm, recipe: Recipe, image: str | list[str] | None = None) -> ChatSession:
+        """A session with the recipe's chat settings (``chat``, ``eval.precision``, ``data.describe_first``)."""
+        return cls(vlm, image, precision=inference_precision(recipe), max_new_tokens=recipe.chat.max_new_tokens,
+                   describe_first=recipe.data.describe_first,
+                   describe_max_new_tokens=recipe.eval.describe_max_new_tokens)
+
     def ask(self, question: str, stream=sys.stdout) -> str:
-        first = not self.turns and self.features is not None
-        lead = f"{IMAGE_PLACEHOLDER}\n" * len(self.images) if first else ""
-        if first and self.describe_first:
-            self.turns.append(("user", lead + self.describe_first))
-            self.description = self._generate(self.describe_max_new_tokens, None)
-            self.turns.append(("assistant", self.description))
-            print(f"(described first: {self.description})", file=sys.stderr)
-            lead = ""
-        self.turns.append(("user", lead + question))
+        if not question.strip():
+            raise VlgraftError("the question is empty")
+        if not self.turns and self.features is not None:
+            first = Record("chat", [("user", f"{IMAGE_PLACEHOLDER}\n" * len(self.images) + question)],
+                           images=self.images, source="--image")
+            if self.describe_first:
+                (self.description,) = describe_records(self.vlm, [first], self.describe_first, None, 1,
+                                                       self.describe_max_new_tokens, self.precision, show=False)
+                first = with_description(first, self.describe_first, self.description)
+                print(f"(described first: {self.description})", file=sys.stderr)
+            self.turns = list(first.turns)
+        else:
+            self.turns.append(("user", question))
         answer = self._generate(self.max_new_tokens, stream)
         self.turns.append(("assistant", answer))
         return answer

@@ -9,10 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,31 +17,16 @@ from safetensors.torch import load_file, save_file
 
 from vlgraft.config import dump_recipe
 from vlgraft.errors import VlgraftError
+from vlgraft.files import atomic_path
 
 log = logging.getLogger(__name__)
-
-
-def _atomic_dir(final: Path):
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
-
-
-def _commit_dir(tmp: Path, final: Path) -> None:
-    if final.exists():
-        old = final.with_name(f".old-{final.name}-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
 
 
 def save_checkpoint(path: Path, model, recipe, optimizer=None, scheduler=None, state: dict | None = None) -> None:
     """Write ``path`` (a folder) atomically; ``model`` is the unwrapped VLM. A resumable checkpoint
     (with ``state``) includes this process's RNG state as rank 0; other processes add theirs with
     ``save_rng`` once the folder is committed."""
-    tmp = _atomic_dir(path)
-    try:
+    with atomic_path(path, folder=True) as tmp:
         save_file({k: v.contiguous().cpu() for k, v in model.trainable_state_dict().items()},
                   tmp / "trainable.safetensors")
         (tmp / "recipe.yaml").write_text(dump_recipe(recipe))
@@ -60,9 +42,6 @@ def save_checkpoint(path: Path, model, recipe, optimizer=None, scheduler=None, s
         if state is not None:
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
             save_rng(tmp, 0)
-        _commit_dir(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_rng(path: Path, rank: int) -> None:
@@ -86,6 +65,16 @@ def restore_rng(path: Path, rank: int) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
 
 
+def copy_weights(params: dict[str, torch.nn.Parameter], weights: dict[str, torch.Tensor], where: str) -> None:
+    """Copy every tensor of ``weights`` into the parameter of the same name (which must exist), after
+    checking its shape; ``where`` names the file in errors."""
+    with torch.no_grad():
+        for n, w in weights.items():
+            if w.shape != params[n].shape:
+                raise VlgraftError(f"{where}: '{n}' has shape {tuple(w.shape)}, model has {tuple(params[n].shape)}")
+            params[n].copy_(w)
+
+
 def load_trainable(model, path: Path) -> None:
     """Load ``trainable.safetensors`` into ``model``; its keys must equal the trainable parameter names."""
     f = path / "trainable.safetensors"
@@ -98,11 +87,7 @@ def load_trainable(model, path: Path) -> None:
         raise VlgraftError(f"{f}: keys do not match the recipe's trainable parameters "
                            f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
                            f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''})")
-    with torch.no_grad():
-        for n, p in params.items():
-            if weights[n].shape != p.shape:
-                raise VlgraftError(f"{f}: '{n}' has shape {tuple(weights[n].shape)}, model has {tuple(p.shape)}")
-            p.copy_(weights[n])
+    copy_weights(params, weights, str(f))
 
 
 def saved_param_count(path: Path) -> int:
@@ -127,7 +112,7 @@ def load_init(model, recipe, _seen: tuple[Path, ...] = ()) -> list[Path]:
     ckpt = find_checkpoint(recipe.init_from)
     if ckpt.resolve() in _seen:
         raise VlgraftError(f"init_from: {ckpt} is referenced twice in one chain (a cycle)")
-    ref = load_recipe(ckpt / "recipe.yaml")
+    ref = load_recipe(ckpt / "recipe.yaml", saved=True)
     for key, a, b in (("vision.name", ref.vision.name, recipe.vision.name), ("llm.name", ref.llm.name, recipe.llm.name),
                       ("connector.name", ref.connector.name, recipe.connector.name)):
         if a != b:
@@ -140,11 +125,7 @@ def load_init(model, recipe, _seen: tuple[Path, ...] = ()) -> list[Path]:
     if extra:
         raise VlgraftError(f"init_from: {f} holds {extra[0]!r} (and {len(extra) - 1} more), which this recipe's "
                            "model does not have (its methods or connector differ)")
-    with torch.no_grad():
-        for n, w in weights.items():
-            if w.shape != params[n].shape:
-                raise VlgraftError(f"init_from: {f}: '{n}' has shape {tuple(w.shape)}, model has {tuple(params[n].shape)}")
-            params[n].copy_(w)
+    copy_weights(params, weights, f"init_from: {f}")
     return loaded + [ckpt]
 
 
@@ -177,14 +158,15 @@ def find_checkpoint(path: str | Path) -> Path:
     raise VlgraftError(f"no checkpoint found at {p} (expected trainable.safetensors, final/ or checkpoints/step-*)")
 
 
-def load_vlm(path: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild the base parts from the checkpoint's recipe, re-apply methods, load the trained weights."""
+def load_vlm(path: str | Path, device: str | torch.device = "cpu", overrides: list[str] | None = None):
+    """Rebuild the base parts from the checkpoint's recipe (with ``overrides`` of its data, eval, chat
+    or train settings), re-apply methods, load the trained weights. Returns (vlm, recipe, checkpoint)."""
     from vlgraft.config import load_recipe
     from vlgraft.models.vlm import VLM
     from vlgraft.train.optim import resolve_groups
 
     ckpt = find_checkpoint(path)
-    recipe = load_recipe(ckpt / "recipe.yaml")
+    recipe = load_recipe(ckpt / "recipe.yaml", overrides, saved=True)
     vlm = VLM.from_recipe(recipe, str(ckpt / "recipe.yaml"))
     resolve_groups(vlm, recipe.trainable)
     load_init(vlm, recipe)

@@ -1,4 +1,4 @@
-"""Parameter groups (asserted disjoint), optimizer and schedule."""
+"""Parameter groups (asserted disjoint and non-empty), optimizer and schedule."""
 
 from __future__ import annotations
 
@@ -59,16 +59,6 @@ def resolve_groups(model: nn.Module, groups: list[ParamGroup]) -> list[tuple[Par
     return list(zip(groups, members))
 
 
-def param_split(model: nn.Module) -> list[tuple[str, int, int]]:
-    """(component, trainable, frozen) parameter counts."""
-    rows = {}
-    for name, p in model.named_parameters():
-        comp = name.split(".")[0]
-        t, f = rows.get(comp, (0, 0))
-        rows[comp] = (t + p.numel(), f) if p.requires_grad else (t, f + p.numel())
-    return [(c, t, f) for c, (t, f) in rows.items()]
-
-
 def mm1_lr(llm: nn.Module) -> float:
     """MM1's peak learning rate for a model of N non-embedding parameters: exp(-0.4214 ln N - 0.5535)."""
     emb = {id(p) for m in (llm.get_input_embeddings(), llm.get_output_embeddings()) if m is not None
@@ -97,16 +87,13 @@ def build_optimizer(resolved, llm: nn.Module | None = None) -> torch.optim.Optim
     return torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
 
 
+# recipe train.schedule -> transformers' schedule (each with linear warm-up from 0)
+_SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
 def build_scheduler(opt: torch.optim.Optimizer, recipe: Recipe, total_steps: int):
-    warm = int(recipe.train.warmup_ratio * total_steps)
-    kind = recipe.train.schedule
+    """``train.schedule`` after ``train.warmup_ratio`` of the steps of linear warm-up."""
+    from transformers import get_scheduler
 
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / (warm + 1)
-        if kind == "constant":
-            return 1.0
-        prog = (step - warm) / max(1, total_steps - warm)
-        return max(0.0, 1 - prog) if kind == "linear" else 0.5 * (1 + math.cos(math.pi * min(1.0, prog)))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return get_scheduler(_SCHEDULES[recipe.train.schedule], opt, num_warmup_steps=int(recipe.train.warmup_ratio * total_steps),
+                         num_training_steps=total_steps)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from vlgraft.config import VisionConfig
+from vlgraft.config import VisionOptions
 from vlgraft.errors import VlgraftError
 from vlgraft.models.vision import VisionEncoder
 from vlgraft.registry import VISION
@@ -32,7 +32,7 @@ class EfficientNetLite(VisionEncoder):
     mean = (127.0 / 255, 127.0 / 255, 127.0 / 255)
     std = (128.0 / 255, 128.0 / 255, 128.0 / 255)
 
-    def __init__(self, cfg: VisionConfig, name: str = "efficientnet-lite0"):
+    def __init__(self, cfg: VisionOptions, name: str = "efficientnet-lite0"):
         super().__init__(cfg)
         from efficientnet_lite_pytorch import EfficientNet
 

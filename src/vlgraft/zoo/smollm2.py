@@ -7,13 +7,11 @@ cache (written atomically) so later loads take well under a second.
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from vlgraft.config import LLMConfig
+from vlgraft.config import LLMOptions
 from vlgraft.errors import VlgraftError
+from vlgraft.files import atomic_path
 from vlgraft.models.llm import load_hf_llm
 from vlgraft.paths import cache_root
 from vlgraft.registry import LLM
@@ -49,19 +47,12 @@ def converted_dir() -> Path:
         del config.quantization_config  # save_pretrained refuses GGUF-quantised configs
     model = LlamaForCausalLM(config)
     model.load_state_dict(gguf_model.state_dict())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-smollm2-"))
-    try:
+    with atomic_path(out, folder=True, keep_existing=True) as tmp:  # never seen half-converted
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        os.replace(tmp, out)  # atomic: a half-written folder is never seen as converted
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (out / "config.json").is_file():
-            raise
     return out
 
 
-@LLM.register("smollm2-135m-instruct")
-def smollm2(cfg: LLMConfig):
+@LLM.register("smollm2-135m-instruct", options=LLMOptions)
+def smollm2(cfg: LLMOptions):
     return load_hf_llm(str(converted_dir()), cfg)

@@ -10,10 +10,14 @@ field when it has one, else ``alpaca-{index}`` (0-based position in the file); o
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
-from vlgraft.data.formats._common import check_placeholders, existing_file, instruction_fields, iter_jsonl, read_json
+from vlgraft.config import FormatOptions
+from vlgraft.data.formats.common import check_placeholders, existing_file, instruction_fields
 from vlgraft.data.records import Record
 from vlgraft.errors import DataError
+from vlgraft.files import iter_jsonl, read_json
+from vlgraft.options import option
 from vlgraft.registry import DATASET
 
 _FIELDS = ("id", "instruction", "input", "output")
@@ -26,8 +30,7 @@ def _record(raw: object, index: int, where: str) -> Record:
     turns = [("user", user), ("assistant", answer)]
     check_placeholders(turns, False, where)
     rid = str(raw["id"]) if raw.get("id") is not None else f"alpaca-{index}"
-    return Record(id=rid, image=None, turns=turns, meta={k: v for k, v in raw.items() if k not in _FIELDS},
-                  source=where)
+    return Record(rid, turns, meta={k: v for k, v in raw.items() if k not in _FIELDS}, source=where)
 
 
 def _where(path: object, raw: object, index: int, line: int | None = None) -> str:
@@ -35,10 +38,15 @@ def _where(path: object, raw: object, index: int, line: int | None = None) -> st
     return f"{path}: record {str(rid)!r} (#{index}" + (f", line {line})" if line else ")")
 
 
-@DATASET.register("alpaca")
-def alpaca(path: str) -> Iterator[Record]:
+@dataclass
+class AlpacaOptions(FormatOptions):
+    path: str = option(help="a JSON list, or a .jsonl file (streamed)")
+
+
+@DATASET.register("alpaca", options=AlpacaOptions)
+def alpaca(o: AlpacaOptions) -> Iterator[Record]:
     """One text-only record per instruction (see the module docstring)."""
-    p = existing_file(path, "Alpaca file")
+    p = existing_file(o.path, "Alpaca file")
     items: Iterable[tuple[int | None, object]]
     if p.suffix == ".jsonl":
         items = iter_jsonl(p)

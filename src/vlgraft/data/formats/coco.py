@@ -5,7 +5,7 @@ Spec: ``coco:PATH/captions_train2017.json``; images are ``<image_root>/<file_nam
 
 The JSON holds ``images`` (``id``, ``file_name``) and ``annotations`` (``id``, ``image_id``,
 ``caption``). Each annotation becomes one single-turn record, id ``coco-{image_id}-{ann_id}``:
-user ``"<image>\\n" + CAPTION_PROMPT``, assistant the caption (stripped). An image with five captions
+user ``"<image>\\n" + prompt`` (option ``prompt``, default CAPTION_PROMPT), assistant the caption (stripped). An image with five captions
 gives five records. The prompt is one fixed instruction so that training and evaluation ask alike.
 The document is parsed whole (JSON cannot be streamed), then records are yielded one at a time.
 """
@@ -13,11 +13,16 @@ The document is parsed whole (JSON cannot be streamed), then records are yielded
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
-from vlgraft.data.formats._common import check_placeholders, existing_file, read_json
+from vlgraft.config import FormatOptions
+from vlgraft.data.formats.common import check_placeholders, existing_file
 from vlgraft.data.records import IMAGE_PLACEHOLDER, Record
 from vlgraft.errors import DataError
+from vlgraft.files import read_json
+from vlgraft.options import option
 from vlgraft.registry import DATASET
 
 CAPTION_PROMPT = "Describe the image briefly."
@@ -36,10 +41,17 @@ def _images(data: dict, path: Path) -> dict:
     return out
 
 
-@DATASET.register("coco")
-def coco(path: str, image_root: str | None = None) -> Iterator[Record]:
+@dataclass
+class CocoOptions(FormatOptions):
+    path: str = option(help="the captions JSON (captions_train2017.json, ...)")
+    image_root: Optional[str] = option(None, "folder of the images (default: the JSON's folder)")
+    prompt: str = option(CAPTION_PROMPT, "the instruction every caption answers")
+
+
+@DATASET.register("coco", options=CocoOptions)
+def coco(o: CocoOptions) -> Iterator[Record]:
     """One record per caption annotation (see the module docstring)."""
-    p = existing_file(path, "COCO captions file")
+    p, image_root = existing_file(o.path, "COCO captions file"), o.image_root
     data = read_json(p)
     if not isinstance(data, dict):
         raise DataError(f"{p}: expected a COCO captions object with 'images' and 'annotations'")
@@ -64,7 +76,7 @@ def coco(path: str, image_root: str | None = None) -> Iterator[Record]:
         image = root / files[image_id]
         if not image.is_file():
             raise DataError(f"{where}: image file not found: {image}")
-        turns = [("user", f"{IMAGE_PLACEHOLDER}\n{CAPTION_PROMPT}"), ("assistant", caption.strip())]
+        turns = [("user", f"{IMAGE_PLACEHOLDER}\n{o.prompt}"), ("assistant", caption.strip())]
         check_placeholders(turns, True, where)
-        yield Record(id=f"coco-{image_id}-{ann_id}", image=str(image), turns=turns,
+        yield Record(f"coco-{image_id}-{ann_id}", turns, images=[str(image)],
                      meta={"image_id": image_id, "annotation_id": ann_id}, source=where)

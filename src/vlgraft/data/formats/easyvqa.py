@@ -8,9 +8,13 @@ independent`` so that each question is answered from the image alone, as in sing
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
+from typing import ClassVar
 
+from vlgraft.config import FormatOptions
 from vlgraft.data.records import IMAGE_PLACEHOLDER, Record
 from vlgraft.errors import DataError
+from vlgraft.options import option
 from vlgraft.registry import DATASET
 
 SHAPES = {"circle", "rectangle", "triangle"}
@@ -88,14 +92,22 @@ def _load(split: str):
     raise DataError(f"dataset 'easyvqa' has splits 'train', 'train-balanced' and 'test', not {split!r}")
 
 
-@DATASET.register("easyvqa")
-def easyvqa(split: str) -> list[Record]:
+@dataclass
+class EasyVQAOptions(FormatOptions):
+    split: str = option("train", "train | test | train-balanced (yes/no questions balanced against their wording)",
+                        choices=("train", "train-balanced", "test"))
+    spec_arg: ClassVar[str] = "split"
+
+
+@DATASET.register("easyvqa", options=EasyVQAOptions)
+def easyvqa(o: EasyVQAOptions) -> list[Record]:
     """One record per image holding all its questions; ``meta["answer_types"]`` gives each question's
     type, ``meta["description"]`` the image's description where its questions determine it (for
     ``data.describe_first``; 3,132 of 4,000 training images, 772 of 1,000 test images).
 
     Splits: ``train``, ``test``, and ``train-balanced`` (``train`` with yes/no questions balanced so
     that the wording does not give the answer away; see :func:`_balanced`)."""
+    split = o.split
     (questions, answers, image_ids), paths = _load(split)
     by_image: dict[int, list[tuple[str, str]]] = defaultdict(list)
     for q, a, img in zip(questions, answers, image_ids):
@@ -109,7 +121,7 @@ def easyvqa(split: str) -> list[Record]:
         for k, (q, a) in enumerate(by_image[img]):
             turns.append(("user", (f"{IMAGE_PLACEHOLDER}\n" if k == 0 else "") + _question(q)))
             turns.append(("assistant", a))
-        records.append(Record(id=f"easyvqa-{split}-img{img}", image=paths[img], turns=turns,
+        records.append(Record(f"easyvqa-{split}-img{img}", turns, images=[paths[img]],
                               meta={"answer_types": [answer_type(a) for _, a in by_image[img]],
                                     **({"description": d} if (d := description(full[img])) else {})},
                               source=f"easyvqa:{split} image {img}"))

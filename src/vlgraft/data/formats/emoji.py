@@ -36,14 +36,17 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import zlib
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
-from vlgraft.data.formats._common import check_placeholders, read_json
+from vlgraft.config import FormatOptions
+from vlgraft.data.formats.common import check_placeholders
 from vlgraft.data.records import IMAGE_PLACEHOLDER, Record
 from vlgraft.errors import DataError
+from vlgraft.files import atomic_path, read_json
+from vlgraft.options import option
 from vlgraft.paths import cache_root
 from vlgraft.registry import DATASET
 
@@ -171,18 +174,12 @@ def _extract(tgz: Path, out: Path) -> int:
 
 def _fetch(target: Path) -> Path:
     """npm pack + extract into a temp folder next to ``target``, then rename: never half-written."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
-    try:
-        log.warning("fetching %s (74 MB, once) with npm into %s", PACKAGE, target)
-        _extract(_npm_pack(tmp), tmp / "out")
-        try:
-            os.rename(tmp / "out", target)
-        except OSError:
-            if not _complete(target):  # else another process finished first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    log.warning("fetching %s (74 MB, once) with npm into %s", PACKAGE, target)
+    with atomic_path(target, folder=True, keep_existing=True) as tmp:
+        work = tmp / ".npm"
+        work.mkdir()
+        _extract(_npm_pack(work), tmp)
+        shutil.rmtree(work)
     return target
 
 
@@ -264,7 +261,7 @@ def load_emoji(root: Path | None = None) -> tuple[list[Emoji], dict[str, int]]:
 def _caption_record(e: Emoji, rid: str, meta: dict) -> Record:
     prompt = CAPTION_PROMPTS[_hash(e.unified, "prompt") % len(CAPTION_PROMPTS)]
     turns = [("user", f"{IMAGE_PLACEHOLDER}\n{prompt}"), ("assistant", caption(e))]
-    return Record(id=rid, image=e.image, turns=turns, meta=meta, source=e.source)
+    return Record(rid, turns, images=[e.image], meta=meta, source=e.source)
 
 
 def _qa_record(e: Emoji, categories: list[str]) -> Record:
@@ -279,23 +276,34 @@ def _qa_record(e: Emoji, categories: list[str]) -> Record:
     turns = []
     for k, (q, a) in enumerate(qas):
         turns += [("user", (f"{IMAGE_PLACEHOLDER}\n" if k == 0 else "") + q), ("assistant", a)]
-    return Record(id=f"emoji-{e.unified}-qa", image=e.image, turns=turns,
+    return Record(f"emoji-{e.unified}-qa", turns, images=[e.image],
                   meta={"answer_types": ["name", "category", "yes/no"]}, source=e.source)
 
 
 def _text_record(e: Emoji) -> Record:
     q = TEXT_QUESTIONS[_hash(e.unified, "text") % len(TEXT_QUESTIONS)].format(e.label)
-    return Record(id=f"emoji-{e.unified}-text", image=None, turns=[("user", q), ("assistant", e.category)],
+    return Record(f"emoji-{e.unified}-text", [("user", q), ("assistant", e.category)],
                   meta={"answer_type": "category"}, source=e.source)
 
 
-@DATASET.register("emoji")
-def emoji(spec: str) -> list[Record]:
-    """Records of one spec (``captions``, ``qa``, ``text``, ``annotations``, each with ``-test``)."""
-    kind, _, test = spec.partition("-")
-    if kind not in KINDS or test not in ("", "test"):
-        raise DataError(f"dataset 'emoji' has specs {', '.join(KINDS)} (each also as KIND-test), not {spec!r}")
-    split = "test" if test else "train"
+@dataclass
+class EmojiOptions(FormatOptions):
+    kind: str = option("captions", "captions | qa | text | annotations", choices=KINDS)
+    split: str = option("train", "train | test (a fixed hash split of the emoji)", choices=("train", "test"))
+    spec_arg: ClassVar[str] = "kind"
+
+    @classmethod
+    def from_arg(cls, arg: str) -> dict:  # KIND or KIND-test
+        kind, _, test = arg.partition("-")
+        if kind not in KINDS or test not in ("", "test"):
+            raise DataError(f"dataset 'emoji' has specs {', '.join(KINDS)} (each also as KIND-test), not {arg!r}")
+        return {"kind": kind, "split": "test" if test else "train"}
+
+
+@DATASET.register("emoji", options=EmojiOptions)
+def emoji(o: EmojiOptions) -> list[Record]:
+    """Records of one kind (``captions``, ``qa``, ``text``, ``annotations``) and split."""
+    kind, split = o.kind, o.split
     everything, _ = load_emoji()
     categories = sorted({e.category for e in everything})
     records = []
@@ -312,7 +320,7 @@ def emoji(spec: str) -> list[Record]:
             rec = _caption_record(e, f"emoji-{e.unified}-ann", {
                 "name": e.name, "short_names": list(e.short_names), "category": e.category,
                 "subcategory": e.subcategory, "unified": e.unified, "label": e.label, "split": e.split})
-        check_placeholders(rec.turns, rec.image is not None, rec.source)
+        check_placeholders(rec.turns, len(rec.images), rec.source)
         records.append(rec)
     return records
 

@@ -14,7 +14,7 @@ JSON string), optional ``id`` (default: the row's position) and optional ``image
 * a path string, relative to ``image_root`` or by default to the data folder (the parquet file's
   folder), or
 * an HF ``Image`` value: ``{"bytes", "path"}`` (bytes are written once to the content-addressed
-  store of :mod:`vlgraft.data.formats._images`; without bytes, ``path`` is used as a path) or a
+  store of :mod:`vlgraft.data.formats.image_store`; without bytes, ``path`` is used as a path) or a
   decoded PIL image (re-encoded as PNG into the same store).
 
 Each row is then checked by :func:`vlgraft.data.records.parse_record`; other columns go to ``meta``.
@@ -24,11 +24,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
-from vlgraft.data.formats._images import store_image_bytes, store_pil_image
+from vlgraft.config import FormatOptions
+from vlgraft.data.formats.image_store import store_image_bytes, store_pil_image
 from vlgraft.data.records import Record, parse_record
 from vlgraft.errors import DataError
+from vlgraft.options import option
 from vlgraft.registry import DATASET
 
 BATCH_ROWS = 256
@@ -111,11 +115,23 @@ def _saved_rows(path: Path, split: str) -> Iterator[tuple[str, dict]]:
         yield str(path), row
 
 
-@DATASET.register("hf")
-def hf(spec: str, image_root: str | None = None) -> Iterator[Record]:
+@dataclass
+class HFOptions(FormatOptions):
+    path: str = option(help="a save_to_disk folder, a .parquet file or a folder of them")
+    split: str = option("", "the split (a DatasetDict's, or parquet files named/under it); empty: the only one / all")
+    image_root: Optional[str] = option(None, "folder that relative image paths resolve against (default: the data's)")
+
+    @classmethod
+    def from_arg(cls, arg: str) -> dict:  # PATH or PATH#SPLIT
+        path, _, split = arg.rpartition("#") if "#" in arg else (arg, "", "")
+        return {"path": path, **({"split": split} if split else {})}
+
+
+@DATASET.register("hf", options=HFOptions)
+def hf(o: HFOptions) -> Iterator[Record]:
     """Rows of a saved ``datasets`` folder or of parquet files as records (see the module docstring)."""
-    file, _, split = spec.rpartition("#") if "#" in spec else (spec, "", "")
-    path = Path(file)
+    split, image_root = o.split, o.image_root
+    path = Path(o.path)
     if not path.exists():
         raise DataError(f"hf data not found: {path}")
     saved = path.is_dir() and any((path / n).is_file() for n in ("state.json", "dataset_dict.json"))

@@ -18,11 +18,16 @@ Other top-level fields go to ``meta``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
-from vlgraft.data.formats._common import existing_file, iter_jsonl, read_json
+from vlgraft.config import FormatOptions
+from vlgraft.data.formats.common import existing_file
 from vlgraft.data.records import IMAGE_PLACEHOLDER, Record, resolve_image
 from vlgraft.errors import DataError
+from vlgraft.files import iter_jsonl, read_json
+from vlgraft.options import option
 from vlgraft.registry import DATASET
 
 
@@ -75,15 +80,20 @@ def document_record(raw: object, index: int, source: str, image_root: Path | Non
     if not any(p != IMAGE_PLACEHOLDER for p in parts):
         raise DataError(f"{where}: the document has no text")
     meta = {k: v for k, v in raw.items() if k not in ("id", "texts", "images", "content")}
-    return Record(id=rid, image=images[0] if images else None, more_images=images[1:],
-                  turns=[("document", "\n".join(parts))], meta=meta, source=where, document=True)
+    return Record(rid, [("document", "\n".join(parts))], images=images, kind="document", meta=meta, source=where)
 
 
-@DATASET.register("interleaved")
-def interleaved(path: str, image_root: str | None = None) -> Iterator[Record]:
+@dataclass
+class InterleavedOptions(FormatOptions):
+    path: str = option(help="a JSON list of documents, or a .jsonl file (a document per line)")
+    image_root: Optional[str] = option(None, "folder that relative image paths resolve against (default: the file's)")
+
+
+@DATASET.register("interleaved", options=InterleavedOptions)
+def interleaved(o: InterleavedOptions) -> Iterator[Record]:
     """One record per document (see the module docstring)."""
-    p = existing_file(path, "interleaved documents file")
-    root = Path(image_root) if image_root else p.parent
+    p = existing_file(o.path, "interleaved documents file")
+    root = Path(o.image_root) if o.image_root else p.parent
     if p.suffix == ".jsonl":
         for i, (ln, raw) in enumerate(iter_jsonl(p)):
             yield document_record(raw, i, f"{p}: line {ln}", root)

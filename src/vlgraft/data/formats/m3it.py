@@ -6,7 +6,7 @@ user ``"<image>\\n"`` once per image ``+ instruction + ("\\n" + inputs if inputs
 ``outputs``. Every image of a line is kept, in order (``meta["n_images"]`` says how many); a line with
 no image is a text-only record (no placeholder). The
 image bytes are decoded once to check them and written as is to the content-addressed store of
-:mod:`vlgraft.data.formats._images`. The file is read one line at a time.
+:mod:`vlgraft.data.formats.image_store`. The file is read one line at a time.
 """
 
 from __future__ import annotations
@@ -14,11 +14,15 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterator
+from dataclasses import dataclass
 
-from vlgraft.data.formats._images import store_image_bytes
-from vlgraft.data.formats._common import check_placeholders, existing_file, instruction_fields, iter_jsonl
+from vlgraft.config import FormatOptions
+from vlgraft.data.formats.common import check_placeholders, existing_file, instruction_fields
+from vlgraft.data.formats.image_store import store_image_bytes
 from vlgraft.data.records import IMAGE_PLACEHOLDER, Record
 from vlgraft.errors import DataError
+from vlgraft.files import iter_jsonl
+from vlgraft.options import option
 from vlgraft.registry import DATASET
 
 
@@ -33,10 +37,15 @@ def _decode(b64: object, where: str) -> bytes:
         raise DataError(f"{where}: bad base64 image: {e}") from None
 
 
-@DATASET.register("m3it")
-def m3it(path: str) -> Iterator[Record]:
+@dataclass
+class M3ITOptions(FormatOptions):
+    path: str = option(help="the .jsonl file")
+
+
+@DATASET.register("m3it", options=M3ITOptions)
+def m3it(o: M3ITOptions) -> Iterator[Record]:
     """One record per line (see the module docstring)."""
-    p = existing_file(path, "M3IT file")
+    p = existing_file(o.path, "M3IT file")
     for ln, raw in iter_jsonl(p):
         where = f"{p}: line {ln}"
         if not isinstance(raw, dict):
@@ -50,5 +59,5 @@ def m3it(path: str) -> Iterator[Record]:
         paths = [str(store_image_bytes(_decode(b, f"{where}: image {k}"), where)) for k, b in enumerate(images)]
         turns = [("user", f"{IMAGE_PLACEHOLDER}\n" * len(paths) + user), ("assistant", answer)]
         check_placeholders(turns, len(paths), where)
-        yield Record(id=f"m3it-{ln}", image=paths[0] if paths else None, more_images=paths[1:], turns=turns,
+        yield Record(f"m3it-{ln}", turns, images=paths,
                      meta={"line": ln, "n_images": len(images)}, source=where)

@@ -20,11 +20,16 @@ from __future__ import annotations
 
 import string
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
-from vlgraft.data.formats._common import check_placeholders, existing_file, read_json
+from vlgraft.config import FormatOptions
+from vlgraft.data.formats.common import check_placeholders, existing_file
 from vlgraft.data.records import IMAGE_PLACEHOLDER, Record
 from vlgraft.errors import DataError
+from vlgraft.files import read_json
+from vlgraft.options import option
 from vlgraft.registry import DATASET
 
 SPLITS = ("train", "val", "test")
@@ -71,16 +76,25 @@ def _record(qid: str, prob: object, path: Path, root: Path, split: str | None) -
     turns = [("user", prompt(question, choices, hint.strip() if hint else None, image is not None)),
              ("assistant", LETTERS[answer])]
     check_placeholders(turns, image is not None, where)
-    return Record(id=f"scienceqa-{qid}", image=str(image) if image else None, turns=turns, meta=meta, source=where)
+    return Record(f"scienceqa-{qid}", turns, images=[str(image)] if image else [], meta=meta, source=where)
 
 
-@DATASET.register("scienceqa")
-def scienceqa(spec: str, image_root: str | None = None) -> Iterator[Record]:
+@dataclass
+class ScienceQAOptions(FormatOptions):
+    path: str = option(help="problems.json of the ScienceQA release")
+    split: Optional[str] = option(None, "only this split (null: all)", choices=SPLITS)
+    image_root: Optional[str] = option(None, "the folder holding images/<split>/<qid>/ (default: problems.json's)")
+
+    @classmethod
+    def from_arg(cls, arg: str) -> dict:  # PATH or PATH#SPLIT
+        path, _, split = arg.rpartition("#") if "#" in arg else (arg, "", "")
+        return {"path": path, **({"split": split} if split else {})}
+
+
+@DATASET.register("scienceqa", options=ScienceQAOptions)
+def scienceqa(o: ScienceQAOptions) -> Iterator[Record]:
     """One record per problem of the chosen split (see the module docstring)."""
-    file, _, split = spec.rpartition("#") if "#" in spec else (spec, "", "")
-    p = existing_file(file, "ScienceQA problems file")
-    if split and split not in SPLITS:
-        raise DataError(f"{p}: unknown split {split!r} (expected one of {', '.join(SPLITS)})")
+    p, split, image_root = existing_file(o.path, "ScienceQA problems file"), o.split, o.image_root
     problems = read_json(p)
     if not isinstance(problems, dict):
         raise DataError(f"{p}: expected an object mapping question ids to problems")

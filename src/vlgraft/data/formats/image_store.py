@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from vlgraft.errors import DataError
+from vlgraft.files import atomic_path
 from vlgraft.paths import cache_root
 
 _SUFFIX = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png"}
@@ -42,15 +41,8 @@ def store_image_bytes(data: bytes, where: str) -> Path:
         raise DataError(f"{where}: image bytes are not in any image format PIL knows") from None
     except Exception as e:  # PIL raises many kinds for truncated or corrupt data
         raise DataError(f"{where}: image bytes cannot be decoded: {type(e).__name__}: {e}") from None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(target, keep_existing=True) as tmp:
+        tmp.write_bytes(data)
     return target
 
 

@@ -1,0 +1,33 @@
+"""``vlgraft eval``: every evaluation the recipe's ``eval`` section asks for, into one ``eval.json``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlgraft.config import Recipe, inference_precision
+from vlgraft.eval.text import before_after, load_text_set, print_text_ability
+from vlgraft.eval.vqa import evaluate, write_result
+from vlgraft.files import read_json
+
+
+def run_eval(vlm, recipe: Recipe, out: Path) -> dict:
+    """VQA on ``data.eval`` (unless ``eval.text: only``) and the text ability before and after training
+    (``eval.text``: also / only), written to ``out`` and its predictions files beside it."""
+    cfg, precision = recipe.eval, inference_precision(recipe)
+    text_set = load_text_set(cfg.text_set) if cfg.text != "off" else None  # a bad text set fails before any work
+    result: dict = {}
+    if cfg.text != "only":
+        result = evaluate(vlm, recipe.data, cfg, precision, out_path=out)
+        if "val_loss" in result:
+            print(f"held-out loss {result['val_loss']:.4f} per answer token on {result['val_loss_records']} records")
+        print(f"accuracy {100 * result['accuracy']:.2f}% on {result['n']} questions "
+              f"({result['questions_per_s']:.1f} questions/s)")
+    if text_set is not None:
+        block = before_after(vlm, recipe, text_set, batch_size=cfg.text_batch_size, precision=precision)
+        rows = block.pop("predictions")
+        result = read_json(out) if out.is_file() else {}
+        result["text_ability"] = block
+        write_result(out, result, rows, ".text.jsonl")
+        print_text_ability(block)
+        print(f"wrote text_ability to {out}")
+    return result
