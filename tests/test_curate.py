@@ -305,7 +305,7 @@ def test_errors_are_one_line(tiny_data, tmp_path, capsys):
     assert "unknown dataset 'nosuch'" in run("nosuch:train", "--out", str(out))
     assert "data file not found" in run(str(tmp_path / "missing.json"), "--out", str(out))
     assert "--generator openai needs --model" in run(str(tiny_data), "--out", str(out), "--generator", "openai")
-    assert "--batch-size must be at least 1" in run(str(tiny_data), "--out", str(out), "--batch-size", "0")
+    assert "--batch-size must be >= 1; got 0" in run(str(tiny_data), "--out", str(out), "--batch-size", "0")
     assert not out.exists() and not progress_path(out).exists()
     out.write_text("")
     assert str(out) in run(str(tiny_data), "--out", str(out)) and "--overwrite" in run(str(tiny_data), "--out", str(out))

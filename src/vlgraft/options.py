@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import MISSING, dataclass, field
@@ -296,7 +297,12 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
 
 
 def from_arguments(cls: type, args: argparse.Namespace, source: str = "command line", **given) -> Any:
-    """``cls`` from the flags ``add_arguments`` declared that were given, plus ``given``."""
+    """``cls`` from the flags ``add_arguments`` declared that were given, plus ``given``; errors name
+    the flag (``--batch-size``) rather than the field."""
     names = {f.name for f in dataclasses.fields(cls)}
     data = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    return load(cls, {**data, **given}, source)
+    try:
+        return load(cls, {**data, **given}, source)
+    except ConfigError as e:
+        flag = re.sub(r"key '(\w+)'", lambda m: "--" + m.group(1).replace("_", "-"), str(e), count=1)
+        raise ConfigError(flag) from None

@@ -16,6 +16,7 @@ A sweep file (YAML)::
     eval: {limit: 500, loss_records: 50, text: false}
     out: runs/sweeps/git_llm            # default: runs/sweeps/<file stem>
 
+The file is loaded into ``SweepFile`` by the recipe's typed loader (unknown keys named, types checked).
 Every variant's recipe is resolved with ``load_recipe(base, overrides)`` before anything trains, so
 an unknown key fails by name. Each variant trains and is evaluated in a child process (memory is
 returned between variants) into ``out/<variant>``; a finished variant is skipped on the next run
@@ -37,12 +38,39 @@ import time
 import types
 import typing
 from pathlib import Path
+from typing import Optional
 
 from vlgraft.errors import ConfigError
 from vlgraft.files import iter_jsonl, read_json, write_json, write_text_atomic
+from vlgraft.options import load, option, to_dict
 
-_TOP = ("base", "overrides", "variants", "grid", "eval", "out")
-_EVAL = {"limit": int, "loss_records": int, "batch_size": int, "data": str, "text": bool}
+
+
+@dataclasses.dataclass
+class SweepEval:
+    limit: Optional[int] = option(None, "evaluate on the first N questions (eval.limit)", min=1)
+    loss_records: int = option(0, "held-out loss over the first N records (eval.loss_records)", min=0)
+    batch_size: Optional[int] = option(None, "questions per generation batch (eval.batch_size)", min=1)
+    data: Optional[str] = option(None, "eval data, a data source (data.eval)")
+    text: bool = option(False, "also the text ability before and after training (eval.text: also)")
+
+    def overrides(self) -> list[str]:
+        """The same settings as ``-o`` overrides of the run's recipe."""
+        keys = {"limit": "eval.limit", "loss_records": "eval.loss_records", "batch_size": "eval.batch_size",
+                "data": "data.eval"}
+        out = [f"{key}={json.dumps(getattr(self, k))}" for k, key in keys.items() if getattr(self, k)]
+        return out + (['eval.text="also"'] if self.text else [])
+
+
+@dataclasses.dataclass
+class SweepFile:
+    base: str = option(dataclasses.MISSING, "the base recipe file (relative to the working folder, else to the "
+                       "sweep file)")
+    overrides: dict = option(factory=dict, help="{dotted.recipe.key: value} applied to every variant")
+    variants: Optional[dict] = option(None, "named override sets {NAME: {dotted.recipe.key: value}}")
+    grid: dict = option(factory=dict, help="axes: {recipe.key: [values]} or {name: {value name: overrides}}")
+    eval: SweepEval = option(factory=SweepEval, help="how each variant is evaluated")
+    out: Optional[str] = option(None, "the sweep's folder (default: runs/sweeps/<file stem>)")
 
 
 @dataclasses.dataclass
@@ -57,26 +85,35 @@ class Sweep:
     path: Path
     base: Path
     out: Path
-    eval: dict
+    eval: SweepEval
     common: list[str]  # sweep-wide overrides
     variants: list[Variant]
 
 
 def is_recipe_key(dotted: str) -> bool:
-    """Whether ``dotted`` names a recipe key (a free-form mapping or list's inside counts as the key)."""
+    """Whether ``dotted`` names a recipe key (a free-form mapping or list's inside counts as the key; a
+    part's section admits the options of any part of its kind)."""
     from vlgraft.config import Recipe
+    from vlgraft.options import Part
 
-    cls: typing.Any = Recipe
+    classes: list = [Recipe]
     for part in dotted.split("."):
-        if not dataclasses.is_dataclass(cls):  # inside a list or mapping value (train.modality_groups.image)
-            return cls is dict or typing.get_origin(cls) in (list, dict)
-        hints = typing.get_type_hints(cls)
-        if part not in hints:
+        if not all(dataclasses.is_dataclass(c) for c in classes):  # inside a list or mapping value
+            return all(c is dict or typing.get_origin(c) in (list, dict) for c in classes)
+        nxt = []
+        for cls in classes:
+            hints = typing.get_type_hints(cls)
+            if part in hints:
+                tp = hints[part]
+                if typing.get_origin(tp) in (typing.Union, types.UnionType):  # Optional[X] -> X
+                    tp = next(a for a in typing.get_args(tp) if a is not type(None))
+                nxt.append(tp)
+        if not nxt:
             return False
-        tp = hints[part]
-        if typing.get_origin(tp) in (typing.Union, types.UnionType):  # Optional[X] -> X
-            tp = next(a for a in typing.get_args(tp) if a is not type(None))
-        cls = tp
+        classes = []
+        for tp in nxt:  # a part's section: its kind's base and every registered part's options
+            is_part = isinstance(tp, type) and issubclass(tp, Part) and tp.registry is not None
+            classes += [tp] + [tp.registry.options(n) for n in tp.registry.names()] if is_part else [tp]
     return True
 
 
@@ -136,34 +173,25 @@ def load_sweep(path: str | Path) -> Sweep:
     p = Path(path)
     src = str(p)
     data = read_yaml_mapping(p, "sweep")
-    for k in data:
-        if k not in _TOP:
-            raise ConfigError(f"{src}: unknown key '{k}'; known keys: {', '.join(_TOP)}")
-    if not isinstance(data.get("base"), str):
+    if "base" not in data:
         raise ConfigError(f"{src}: key 'base' (the base recipe file) is required")
-    base = Path(data["base"])
+    f = load(SweepFile, data, src)
+    base = Path(f.base)
     if not base.is_file() and (p.parent / base).is_file():  # relative to the working folder, else to the sweep file
         base = p.parent / base
     if not base.is_file():
         raise ConfigError(f"{src}: key 'base': recipe file not found: {base}")
-    ev = _mapping(data.get("eval"), "eval", src)
-    for k, v in ev.items():
-        if k not in _EVAL:
-            raise ConfigError(f"{src}: unknown key 'eval.{k}'; known keys: {', '.join(_EVAL)}")
-        if v is not None and (not isinstance(v, _EVAL[k]) or (_EVAL[k] is int and isinstance(v, bool))):
-            raise ConfigError(f"{src}: key 'eval.{k}' expects {_EVAL[k].__name__}, got {v!r}")
-    common = _as_overrides(data.get("overrides"), "overrides", src)
+    common = _as_overrides(f.overrides, "overrides", src)
     axes = []
-    if data.get("variants") is not None:
-        named = _mapping(data["variants"], "variants", src)
-        if not named:
+    if f.variants is not None:
+        if not f.variants:
             raise ConfigError(f"{src}: key 'variants' has no variants")
-        axes.append([(str(n), _as_overrides(o, f"variants.{n}", src)) for n, o in named.items()])
-    for name, values in _mapping(data.get("grid"), "grid", src).items():
+        axes.append([(str(n), _as_overrides(o, f"variants.{n}", src)) for n, o in f.variants.items()])
+    for name, values in f.grid.items():
         axes.append(_axis(str(name), values, src))
     if not axes:
         raise ConfigError(f"{src}: give 'variants' (named override sets) and/or 'grid' (axes)")
-    out = Path(data.get("out") or Path("runs/sweeps") / p.stem)
+    out = Path(f.out or Path("runs/sweeps") / p.stem)
     variants, seen = [], {}
     for combo in itertools.product(*axes):
         name = "_".join(n for n, _ in combo)
@@ -176,14 +204,14 @@ def load_sweep(path: str | Path) -> Sweep:
         except ConfigError as e:
             raise ConfigError(f"{src}: variant {name!r}: {e}") from None
         variants.append(Variant(name, ovs, recipe))
-    return Sweep(p, base, out, ev, common, variants)
+    return Sweep(p, base, out, f.eval, common, variants)
 
 
-def _variant_key(v: Variant, ev: dict) -> str:
+def _variant_key(v: Variant, ev: SweepEval) -> str:
     """Identity of a variant's work: its resolved recipe and the evaluation settings."""
     from vlgraft.config import dump_recipe
 
-    return hashlib.sha1((dump_recipe(v.recipe) + json.dumps(ev, sort_keys=True)).encode()).hexdigest()
+    return hashlib.sha1((dump_recipe(v.recipe) + json.dumps(to_dict(ev), sort_keys=True)).encode()).hexdigest()
 
 
 def trainable_count(recipe, source: str = "recipe") -> int:
@@ -243,11 +271,7 @@ def run_variant(sweep: Sweep, v: Variant, console) -> dict:
     write_text_atomic(recipe_file, dump_recipe(v.recipe))
     log = sweep.out / "logs" / f"{safe_name(v.name)}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    ev = sweep.eval
-    eval_args = [*(["--limit", str(ev["limit"])] if ev.get("limit") else []),
-                 *(["--loss-records", str(ev["loss_records"])] if ev.get("loss_records") else []),
-                 *(["--batch-size", str(ev["batch_size"])] if ev.get("batch_size") else []),
-                 *(["--data", ev["data"]] if ev.get("data") else []), *(["--text"] if ev.get("text") else [])]
+    eval_args = [x for ov in sweep.eval.overrides() for x in ("-o", ov)]
     console.print(f"[bold]{v.name}[/]: training and evaluating (log: {log})")
     t0 = time.time()
     with log.open("w") as f:
@@ -305,7 +329,7 @@ def table_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
 def markdown(sweep: Sweep, results: list[dict]) -> str:
     head, rows = table_rows(results)
     lines = [f"# Sweep {sweep.path}", "", f"Base recipe `{sweep.base}`, overrides for every variant: "
-             f"`{' '.join(sweep.common) or '(none)'}`; evaluation {json.dumps(sweep.eval)}.", "",
+             f"`{' '.join(sweep.common) or '(none)'}`; evaluation {json.dumps(to_dict(sweep.eval))}.", "",
              "| " + " | ".join(head) + " |", "|---|---" + "|---:" * (len(head) - 2) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     failed = [r for r in results if r.get("status") == "failed"]
@@ -388,7 +412,7 @@ def run_sweep(path: str | Path, only: list[str] | None = None, overwrite: bool =
         else:
             results.append(run_variant(sweep, v, console))
     write_json(sweep.out / "sweep.json", {"sweep": str(sweep.path), "base": str(sweep.base), "overrides": sweep.common,
-                                          "eval": sweep.eval, "variants": results})
+                                          "eval": to_dict(sweep.eval), "variants": results})
     write_text_atomic(sweep.out / "sweep.md", markdown(sweep, results))
     plotted = plot(results, sweep.out / "loss.png", f"training loss: {sweep.path.name}", console)
     head, rows = table_rows(results)

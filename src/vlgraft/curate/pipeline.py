@@ -17,8 +17,9 @@ import os
 import random
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 from vlgraft.curate.annotation import Annotation, answer_vocab, extract
 from vlgraft.curate.filters import LENGTH, MAX_COPY, MAX_REPEAT, MIN_PAIRS, REASONS, Deduper, check, joined, parse
@@ -28,24 +29,28 @@ from vlgraft.data.records import IMAGE_PLACEHOLDER, Record
 from vlgraft.data.sources import load_records
 from vlgraft.errors import VlgraftError
 from vlgraft.files import write_json
+from vlgraft.options import option
 
 EXAMPLES_PER_REASON = 3
 
 
 @dataclass
 class CurateConfig:
-    spec: str
-    out: Path
-    kinds: tuple[str, ...] = KINDS
-    limit: int | None = None
-    image_root: str | None = None
-    refine: bool = False
-    max_new_tokens: int = 256
-    temperature: float = 0.7
-    seed: int = 0
-    batch_size: int = 8
-    pool_update: float = 0.25  # probability that a kept generation replaces the pool's oldest example
-    overwrite: bool = False
+    """A curate job; ``vlgraft curate``'s flags are made from these fields (``options.add_arguments``)."""
+
+    spec: str = option(MISSING, "any data source: easyvqa:train, a LLaVA .json/.jsonl, coco:..., ...")
+    out: Path = option(MISSING, "output conversations (.jsonl); the report goes next to it")
+    kinds: tuple[str, ...] = option(KINDS, f"the kinds to generate, comma-separated ({', '.join(KINDS)})")
+    limit: Optional[int] = option(None, "only the first N source records", min=1)
+    image_root: Optional[str] = option(None, "folder that relative image paths resolve against")
+    refine: bool = option(False, "second pass: the generator corrects each kept output (MiniGPT-4)")
+    max_new_tokens: int = option(256, "per generation", min=1)
+    temperature: float = option(0.7, "sampling temperature, 0 is greedy", min=0)
+    seed: int = option(0, "few-shot draws, pool updates, sampling")
+    batch_size: int = option(8, "source records per generator call", min=1)
+    pool_update: float = option(0.25, "probability that a kept output replaces the oldest few-shot example of its "
+                                "kind", min=0, max=1)
+    overwrite: bool = option(False, "start over, replacing an existing output")
 
 
 @dataclass
