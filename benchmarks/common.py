@@ -1,49 +1,22 @@
-"""Helpers shared by the benchmark scripts: run a CLI command in a child process and read back its
-wall time, peak memory and metrics."""
+"""Helpers shared by the benchmark scripts: train and evaluate a variant, or run one CLI command, in a
+child process through ``vlgraft.runner`` (what ``vlgraft sweep`` uses), and read back the figures."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from vlgraft.files import write_json  # noqa: F401  (the benchmarks write their results with it)
-
-# Runs vlgraft's CLI in this child process and reports its own peak RSS (and CUDA peak) on exit.
-_WRAPPER = r"""
-import json, resource, sys, atexit
-def report():
-    out = {"max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    try:
-        import torch
-        if torch.cuda.is_available():
-            out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    except Exception:
-        pass
-    with open(sys.argv[1], "w") as f:
-        json.dump(out, f)
-atexit.register(report)
-from vlgraft.cli import main
-main(sys.argv[2:])
-"""
-
+from vlgraft.runner import run_commands
 
 def run_cli(args: list[str], workdir: Path, env: dict | None = None, log: Path | None = None) -> dict:
-    """Run ``vlgraft ARGS`` in a child process; return wall seconds and peak memory."""
-    mem = workdir / f"mem-{time.time_ns()}.json"
-    t0 = time.time()
-    with open(log or os.devnull, "w") as logf:
-        res = subprocess.run([sys.executable, "-c", _WRAPPER, str(mem), *args], env={**os.environ, **(env or {})},
-                             stdout=logf, stderr=subprocess.STDOUT)
-    wall = time.time() - t0
-    if res.returncode != 0:
-        raise SystemExit(f"benchmark step failed: vlgraft {' '.join(args)} (log: {log})")
-    out = json.loads(mem.read_text())
-    mem.unlink()
-    return {"wall_s": wall, **out}
+    """Run ``vlgraft ARGS`` in a child process (``vlgraft.runner``); return wall seconds and peak memory."""
+    res = run_commands([args], log or workdir / f"cli-{time.time_ns()}.log", env)
+    if res["status"] != "ok":
+        raise SystemExit(f"benchmark step failed: vlgraft {' '.join(args)}: {res['error']} (log: {log})")
+    return {"wall_s": res["wall_s"], "max_rss_mb": res["commands"][0]["max_rss_mb"],
+            **({"cuda_peak_mb": res["cuda_peak_mb"]} if "cuda_peak_mb" in res else {})}
 
 
 def read_metrics(run: Path) -> list[dict]:
@@ -62,26 +35,31 @@ DIRECT = "data.describe_first=null"  # benchmarks measure answering straight fro
 
 def train_and_eval(name: str, recipe: str, overrides: list[str], work: Path, steps: int, batch: int,
                    eval_limit: int, loss_records: int = 0) -> dict:
-    """Train ``recipe`` with ``overrides`` for ``steps`` x ``batch`` in a child process, evaluate on the
-    first ``eval_limit`` easy-VQA test questions, and return the figures the benchmark tables show."""
+    """Train ``recipe`` with ``overrides`` for ``steps`` x ``batch`` and evaluate on the first
+    ``eval_limit`` easy-VQA test questions, in one child process (the runner ``vlgraft sweep`` uses);
+    return the figures the benchmark tables show."""
+    from vlgraft.config import dump_recipe, load_recipe
+    from vlgraft.files import write_text_atomic
+    from vlgraft.runner import eval_figures, train_and_evaluate, training_figures
+
     run = work / name.replace("+", "_").replace("@", "_").replace(" ", "_")
     # DIRECT: the variants are compared on answering straight from the image (docs/DESCRIBE.md)
     o = [DIRECT, *overrides, f"train.batch_size={batch}", f"train.max_steps={steps}", f"train.output_dir={run}",
          "train.log_every=5", "train.save_every=null"]
-    tr = run_cli(["train", recipe, "--overwrite", *[x for kv in o for x in ("-o", kv)]], work, log=work / f"{run.name}.log")
+    recipe_file = work / f"{run.name}.yaml"
+    write_text_atomic(recipe_file, dump_recipe(load_recipe(recipe, o)))
     ev_path = work / f"{run.name}-eval.json"
-    extra = ["--loss-records", str(loss_records)] if loss_records else []
-    ev_run = run_cli(["eval", str(run), "--limit", str(eval_limit), *extra, "--out", str(ev_path)], work,
-                     log=work / f"{run.name}-eval.log")
-    ev = json.loads(ev_path.read_text())
-    m = read_metrics(run)
-    sps = [r["samples_per_s"] for r in m[1:]] or [m[0]["samples_per_s"]]
+    ev_o = [f"eval.limit={eval_limit}"] + ([f"eval.loss_records={loss_records}"] if loss_records else [])
+    job = train_and_evaluate(recipe_file, run, [(ev_path, ev_o)], work / f"{run.name}.log")
+    if job["status"] != "ok":
+        raise SystemExit(f"benchmark variant {name} failed: {job['error']} (log: {work / f'{run.name}.log'})")
+    tr, ev = training_figures(run), eval_figures(ev_path)
+    by_type = {"all": ev["accuracy"], **ev["by_type"]}
     return {"run": str(run), "recipe": recipe, "overrides": o, "steps": steps, "batch": batch,
-            "trainable_params": trainable_params(run), "samples_per_s": sum(sps) / len(sps),
-            "peak_rss_mb": tr["max_rss_mb"], "final_train_loss": m[-1]["loss"], "val_loss": ev.get("val_loss"),
-            "accuracy": ev["accuracy"], "by_type": {k: v["accuracy"] for k, v in ev["by_type"].items()},
-            "eval_questions": ev["n"], "train_wall_s": tr["wall_s"], "eval_wall_s": ev_run["wall_s"],
-            "curve": [(r["step"], r["loss"]) for r in m]}
+            "trainable_params": tr["trainable_params"], "samples_per_s": tr["samples_per_s"],
+            "peak_rss_mb": job["peak_rss_mb"], "final_train_loss": tr["final_train_loss"], "val_loss": ev["val_loss"],
+            "accuracy": ev["accuracy"], "by_type": by_type, "eval_questions": ev["eval_n"],
+            "train_wall_s": job["train_wall_s"], "eval_wall_s": job["eval_wall_s"][0], "curve": tr["curve"]}
 
 
 def print_table(results: dict, lead: list[tuple[str, object]]) -> None:

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DIRECT, read_metrics, run_cli, write_json  # noqa: E402
+from common import read_metrics, train_and_eval, write_json  # noqa: E402
 
 ATTN = "[q_proj, k_proj, v_proj, o_proj]"
 ALL = "[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]"
@@ -52,22 +52,13 @@ def main() -> None:
     results = {}
     for name in args.variants.split(","):
         batch, ovs = VARIANTS[name]
-        run = work / name.replace(" ", "_")
         steps = args.samples // batch
-        o = [DIRECT, *ovs, f"train.batch_size={batch}", f"train.max_steps={steps}", f"train.output_dir={run}",
-             "train.log_every=5"]
-        tr = run_cli(["train", args.recipe, "--overwrite", *[x for kv in o for x in ("-o", kv)]], work,
-                     log=work / f"{run.name}.log")
-        ev_path = work / f"{run.name}-eval.json"
-        run_cli(["eval", str(run), "--limit", str(args.eval_limit), "--out", str(ev_path)], work,
-                log=work / f"{run.name}-eval.log")
-        ev = json.loads(ev_path.read_text())
-        m = read_metrics(run)
+        ev = train_and_eval(name, args.recipe, ovs, work, steps, batch, args.eval_limit)
+        m = read_metrics(Path(ev["run"]))
         sps = [b["time"] - a["time"] for a, b in zip(m[1:], m[2:])]
         results[name] = {"batch": batch, "steps": steps, "final_loss": m[-1]["loss"],
                          "s_per_step": sum(sps) / max(1, len(sps)) / 5, "accuracy": ev["accuracy"],
-                         "by_type": {k: v["accuracy"] for k, v in ev["by_type"].items()}, "train_wall_s": tr["wall_s"],
-                         "overrides": o}
+                         "by_type": ev["by_type"], "train_wall_s": ev["train_wall_s"], "overrides": ev["overrides"]}
         r = results[name]
         print(f"{name:<22} loss {r['final_loss']:.4f}  acc {100 * r['accuracy']:.2f}%  "
               + "  ".join(f"{k} {100 * v:.1f}%" for k, v in r["by_type"].items() if k != "all")

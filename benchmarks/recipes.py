@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import read_metrics, run_cli, trainable_params, write_json  # noqa: E402
+from common import run_cli, write_json  # noqa: E402
 
 CURATED = "data/curated/emoji_detail.jsonl"
 DESCRIBE = "Describe this image in detail."
@@ -76,44 +76,51 @@ def eval_summary(path: Path) -> dict:
 
 def run_stage(name: str, spec: dict, work: Path, steps: int | None, curated: dict | None,
               previous: dict | None = None) -> dict:
-    """Train (unless ``previous`` holds this stage's training, then only evaluate again) and evaluate."""
+    """Train (unless ``previous`` holds this stage's training, then only evaluate again) and evaluate,
+    in one child process (``vlgraft.runner``, as ``vlgraft sweep`` runs its variants)."""
+    from vlgraft.config import dump_recipe, load_recipe
+    from vlgraft.files import write_text_atomic
+    from vlgraft.runner import train_and_evaluate, training_figures
+
     run = work / name
-    if previous is not None:
-        res = {**previous, "evals": {}}
-        return evaluate_stage(name, spec, work, run, res)
     o = [f"train.output_dir={run}", "train.save_every=null"]
     if steps and not spec.get("own_length"):
         o.append(f"train.max_steps={steps}")
     o += spec.get("overrides", [])
     if spec.get("init"):
         o.append(f"init_from={work / spec['init']}")
-    tr = run_cli(["train", spec["recipe"], "--overwrite", *[x for kv in o for x in ("-o", kv)]], work,
-                 log=work / f"{name}.log")
-    m = read_metrics(run)
-    res = {"recipe": spec["recipe"], "overrides": o, "init_from": spec.get("init"), "steps": m[-1]["step"],
-           "trainable_params": trainable_params(run), "train_wall_s": tr["wall_s"], "peak_rss_mb": tr["max_rss_mb"],
-           "first_loss": m[0]["loss"], "final_loss": m[-1]["loss"],
-           "samples_per_s": sum(r["samples_per_s"] for r in m[1:] or m) / len(m[1:] or m),
-           "steps_by_modality": m[-1].get("steps_by_modality"), "evals": {}}
-    if curated:
-        res["curated"] = curated
-    return evaluate_stage(name, spec, work, run, res)
-
-
-def evaluate_stage(name: str, spec: dict, work: Path, run: Path, res: dict) -> dict:
+    recipe_file = work / f"{name}.recipe.yaml"
+    if previous is None:
+        write_text_atomic(recipe_file, dump_recipe(load_recipe(spec["recipe"], o)))
+    evals = []  # (key, eval.json, overrides)
     for data, limit, loss, *turns in spec["evals"]:
         key = eval_key(data, turns)
-        out = eval_path(work, name, key)
-        args = ["eval", str(run), "--data", data, "--out", str(out), *(["--turns", turns[0]] if turns else [])]
-        args += ["--limit", str(limit)] if limit else []
-        args += ["--loss-records", str(loss)] if loss else []
-        t = run_cli(args, work, log=work / f"{name}-eval.log")
-        res["evals"][key] = {**eval_summary(out), "wall_s": t["wall_s"]}
+        ov = [f"data.eval={json.dumps(data)}", *([f"data.turns={turns[0]}"] if turns else []),
+              *([f"eval.limit={limit}"] if limit else []), *([f"eval.loss_records={loss}"] if loss else [])]
+        evals.append((key, eval_path(work, name, key), ov))
     if spec.get("text"):
-        out = work / f"{name}-text.json"
-        run_cli(["eval", str(run), "--text-only", "--out", str(out)], work, log=work / f"{name}-text.log")
-        ta = json.loads(out.read_text())["text_ability"]
-        res["text"] = {k: {m: ta[k][m] for m in ("ppl", "qa_acc")} for k in ("before", "after")}
+        evals.append(("text", work / f"{name}-text.json", ['eval.text="only"']))
+    job = train_and_evaluate(recipe_file, run, [(out, ov) for _, out, ov in evals], work / f"{name}.log",
+                             train=previous is None)
+    if job["status"] != "ok":
+        raise SystemExit(f"stage {name} failed: {job['error']} (log: {work / f'{name}.log'})")
+    if previous is not None:
+        res = {**previous, "evals": {}}
+    else:
+        tr = training_figures(run)
+        res = {"recipe": spec["recipe"], "overrides": o, "init_from": spec.get("init"), "steps": tr["steps"],
+               "trainable_params": tr["trainable_params"], "train_wall_s": job["train_wall_s"],
+               "peak_rss_mb": job["peak_rss_mb"], "first_loss": tr["first_train_loss"],
+               "final_loss": tr["final_train_loss"], "samples_per_s": tr["samples_per_s"],
+               "steps_by_modality": tr["steps_by_modality"], "evals": {}}
+        if curated:
+            res["curated"] = curated
+    for (key, out, _), wall in zip(evals, job["eval_wall_s"]):
+        if key == "text":
+            ta = json.loads(out.read_text())["text_ability"]
+            res["text"] = {k: {m: ta[k][m] for m in ("ppl", "qa_acc")} for k in ("before", "after")}
+        else:
+            res["evals"][key] = {**eval_summary(out), "wall_s": wall}
     if spec.get("describe"):  # one free description of a test emoji, as a user would ask
         from vlgraft.data.sources import load_records
 

@@ -18,8 +18,8 @@ A sweep file (YAML)::
 
 The file is loaded into ``SweepFile`` by the recipe's typed loader (unknown keys named, types checked).
 Every variant's recipe is resolved with ``load_recipe(base, overrides)`` before anything trains, so
-an unknown key fails by name. Each variant trains and is evaluated in a child process (memory is
-returned between variants) into ``out/<variant>``; a finished variant is skipped on the next run
+an unknown key fails by name. Each variant trains and is evaluated in a child process
+(``vlgraft.runner``; memory is returned between variants) into ``out/<variant>``; a finished variant is skipped on the next run
 unless its resolved recipe changed or ``--overwrite`` is given; a failing one is recorded with its
 one-line error and the sweep goes on. Results: ``out/sweep.json``, ``out/sweep.md``, ``out/loss.png``.
 """
@@ -30,19 +30,16 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import os
 import re
-import subprocess
-import sys
-import time
 import types
 import typing
 from pathlib import Path
 from typing import Optional
 
-from vlgraft.errors import ConfigError
-from vlgraft.files import iter_jsonl, read_json, write_json, write_text_atomic
+from vlgraft.errors import ConfigError, VlgraftError
+from vlgraft.files import read_json, write_json, write_text_atomic
 from vlgraft.options import load, option, to_dict
+from vlgraft.runner import eval_figures, train_and_evaluate, training_figures
 
 
 
@@ -224,43 +221,6 @@ def trainable_count(recipe, source: str = "recipe") -> int:
     return sum(p.numel() for p in vlm.parameters() if p.requires_grad)
 
 
-def _child(argv: list[str]) -> None:
-    """In the child process: ``train RECIPE`` then ``eval RUN ...`` through the CLI."""
-    from vlgraft.cli import main
-
-    recipe, run, *eval_args = argv
-    main(["train", recipe, "--overwrite"])
-    main(["eval", run, *eval_args])
-
-
-_CHILD = "import sys; from vlgraft.sweep import _child; _child(sys.argv[1:])"
-
-
-def _last_error(log: Path) -> str:
-    """The child's one-line error (a progress bar may precede it on its line), else its last line."""
-    lines = [ln.strip() for ln in log.read_text(errors="replace").replace("\r", "\n").splitlines() if ln.strip()]
-    errs = [ln[ln.index("vlgraft: error:"):] for ln in lines if "vlgraft: error:" in ln]
-    return (errs[-1] if errs else lines[-1] if lines else "failed with no output")[:400]
-
-
-def _collect(run: Path) -> dict:
-    """Figures of a finished variant: loss curve, throughput, trainable parameters, evaluation."""
-    from vlgraft.train.checkpoint import saved_param_count
-
-    m = [rec for _, rec in iter_jsonl(run / "metrics.jsonl")]
-    sps = [r["samples_per_s"] for r in m[1:]] or [m[0]["samples_per_s"]]  # the first window includes warm-up
-    n_params = saved_param_count(run / "final")
-    ev = read_json(run / "eval.json")
-    res = {"trainable_params": n_params, "samples_per_s": sum(sps) / len(sps), "steps": m[-1]["step"],
-           "final_train_loss": m[-1]["loss"], "val_loss": ev.get("val_loss"), "accuracy": ev["accuracy"],
-           "by_type": {k: v["accuracy"] for k, v in ev["by_type"].items() if k != "all"}, "eval_n": ev["n"],
-           "curve": [[r["step"], r["loss"]] for r in m]}
-    if "text_ability" in ev:
-        t = ev["text_ability"]
-        res["text_ability"] = {k: t[k] for k in ("before", "after", "change")}
-    return res
-
-
 def run_variant(sweep: Sweep, v: Variant, console) -> dict:
     """Train and evaluate one variant in a child process; its result (ok or failed) is written to
     ``out/results/<variant>.json``."""
@@ -270,22 +230,17 @@ def run_variant(sweep: Sweep, v: Variant, console) -> dict:
     recipe_file = sweep.out / "recipes" / f"{safe_name(v.name)}.yaml"
     write_text_atomic(recipe_file, dump_recipe(v.recipe))
     log = sweep.out / "logs" / f"{safe_name(v.name)}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    eval_args = [x for ov in sweep.eval.overrides() for x in ("-o", ov)]
     console.print(f"[bold]{v.name}[/]: training and evaluating (log: {log})")
-    t0 = time.time()
-    with log.open("w") as f:
-        rc = subprocess.run([sys.executable, "-c", _CHILD, str(recipe_file), str(run), *eval_args],
-                            stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}).returncode
+    job = train_and_evaluate(recipe_file, run, [(run / "eval.json", sweep.eval.overrides())], log)
     res = {"name": v.name, "overrides": v.overrides, "key": _variant_key(v, sweep.eval), "run": str(run),
-           "log": str(log), "wall_s": time.time() - t0}
-    if rc == 0:
+           "log": str(log), "wall_s": job["wall_s"], "status": job["status"]}
+    if job["status"] == "ok":
         try:
-            res.update(status="ok", **_collect(run))
-        except (OSError, KeyError, ValueError, IndexError) as e:
+            res.update(**training_figures(run), **eval_figures(run / "eval.json"))
+        except (OSError, KeyError, ValueError, IndexError, VlgraftError) as e:
             res.update(status="failed", error=f"results unreadable in {run}: {e}")
     else:
-        res.update(status="failed", error=_last_error(log))
+        res["error"] = job["error"]
     if res["status"] == "failed":
         console.print(f"[red]{v.name} failed[/]: {res['error']}")
     write_json(sweep.out / "results" / f"{safe_name(v.name)}.json", res)
