@@ -10,6 +10,7 @@ from pathlib import Path
 from vlgraft.files import write_json  # noqa: F401  (the benchmarks write their results with it)
 from vlgraft.runner import run_commands
 
+
 def run_cli(args: list[str], workdir: Path, env: dict | None = None, log: Path | None = None) -> dict:
     """Run ``vlgraft ARGS`` in a child process (``vlgraft.runner``); return wall seconds and peak memory."""
     res = run_commands([args], log or workdir / f"cli-{time.time_ns()}.log", env)

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import print_table, run_cli, train_and_eval, write_json  # noqa: E402
+from common import print_table, run_cli, train_and_eval, write_json
 
 RECIPE = "recipes/default.yaml"
 BASE = ["methods=[{name: lora, r: 16, alpha: 32, target_modules: [q_proj, k_proj, v_proj, o_proj]}]",

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import print_table, train_and_eval, write_json  # noqa: E402
+from common import print_table, train_and_eval, write_json
 
 ATTN = "[q_proj, k_proj, v_proj, o_proj]"
 
@@ -31,13 +31,16 @@ EASYVQA_ONLY = ["data.mixture=[]", "data.train=easyvqa:train", "data.group_by_mo
 VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "lora": ("recipes/default.yaml", [f"methods=[{{name: lora, r: 16, alpha: 32, target_modules: {ATTN}}}]",
                                       groups(CONN, ("lora", "lora", 1e-3))], "methods"),
-    "dora": ("recipes/default.yaml", [f"methods=[{{name: lora, r: 16, alpha: 32, use_dora: true, target_modules: {ATTN}}}]",
+    "dora": ("recipes/default.yaml", [f"methods=[{{name: lora, r: 16, alpha: 32, use_dora: true, "
+                                      f"target_modules: {ATTN}}}]",
                                       groups(CONN, ("lora", "lora", 1e-3))], "methods"),
     "ia3": ("recipes/default.yaml", ["methods=[{name: ia3, target_modules: [k_proj, v_proj, down_proj], "
-                                     "feedforward_modules: [down_proj]}]", groups(CONN, ("ia3", "ia3", 5e-3))], "methods"),
+                                     "feedforward_modules: [down_proj]}]",
+                                     groups(CONN, ("ia3", "ia3", 5e-3))], "methods"),
     "adapter-serial": ("recipes/default.yaml", ["methods=[{name: bottleneck_adapter, mode: serial, bottleneck: 32}]",
                                                 groups(CONN, ("adapter", "bottleneck_adapter", 1e-3))], "methods"),
-    "adapter-parallel": ("recipes/default.yaml", ["methods=[{name: bottleneck_adapter, mode: parallel, bottleneck: 32}]",
+    "adapter-parallel": ("recipes/default.yaml", ["methods=[{name: bottleneck_adapter, mode: parallel, "
+                                                  "bottleneck: 32}]",
                                                   groups(CONN, ("adapter", "bottleneck_adapter", 1e-3))], "methods"),
     "prompt-tuning": ("recipes/default.yaml", ["methods=[{name: prompt_tuning, num_virtual_tokens: 10}]",
                                                groups(CONN, ("prompts", "prompt_tuning", 3e-3))], "methods"),
@@ -72,7 +75,8 @@ def plot(results: dict, path: Path) -> None:
     for ax, fam, title in ((axes[0], "methods", "methods (equal budget)"), (axes[1], "git", "GIT-LLM module study")):
         for name, r in results.items():
             if r["family"] == fam:
-                ax.plot([p[0] for p in r["curve"]], [p[1] for p in r["curve"]], label=f"{name} ({100 * r['accuracy']:.1f}%)")
+                ax.plot([p[0] for p in r["curve"]], [p[1] for p in r["curve"]],
+                        label=f"{name} ({100 * r['accuracy']:.1f}%)")
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("train loss (per answer token)")

@@ -7,36 +7,41 @@ answer type, and seconds per step. Used to choose the default recipe's settings 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import read_metrics, train_and_eval, write_json  # noqa: E402
+from common import read_metrics, train_and_eval, write_json
 
 ATTN = "[q_proj, k_proj, v_proj, o_proj]"
 ALL = "[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]"
 
 
 def groups(conn_lr: float, other: str, other_lr: float) -> str:
-    return f"trainable=[{{name: connector, params: [connector], lr: {conn_lr}}}, {{name: llm, params: ['{other}'], lr: {other_lr}}}]"
+    return (f"trainable=[{{name: connector, params: [connector], lr: {conn_lr}}}, "
+            f"{{name: llm, params: ['{other}'], lr: {other_lr}}}]")
 
 
+def lora(targets: str, r: int = 16, alpha: int = 32) -> str:
+    return f"methods=[{{name: lora, r: {r}, alpha: {alpha}, target_modules: {targets}}}]"
+
+
+LORA_GROUPS = groups(2e-3, "llm.*lora_*", 1e-3)
 # name -> (batch size, overrides)
 VARIANTS = {
-    "attn-lora b16": (16, [f"methods=[{{name: lora, r: 16, alpha: 32, target_modules: {ATTN}}}]", groups(2e-3, "llm.*lora_*", 1e-3)]),
-    "attn-lora b8": (8, [f"methods=[{{name: lora, r: 16, alpha: 32, target_modules: {ATTN}}}]", groups(2e-3, "llm.*lora_*", 1e-3)]),
-    "all-lora b8": (8, [f"methods=[{{name: lora, r: 16, alpha: 32, target_modules: {ALL}}}]", groups(2e-3, "llm.*lora_*", 1e-3)]),
-    "all-lora b8 hi-lr": (8, [f"methods=[{{name: lora, r: 16, alpha: 32, target_modules: {ALL}}}]", groups(5e-3, "llm.*lora_*", 2e-3)]),
-    "all-lora r64 b8": (8, [f"methods=[{{name: lora, r: 64, alpha: 64, target_modules: {ALL}}}]", groups(2e-3, "llm.*lora_*", 1e-3)]),
+    "attn-lora b16": (16, [lora(ATTN), LORA_GROUPS]),
+    "attn-lora b8": (8, [lora(ATTN), LORA_GROUPS]),
+    "all-lora b8": (8, [lora(ALL), LORA_GROUPS]),
+    "all-lora b8 hi-lr": (8, [lora(ALL), groups(5e-3, "llm.*lora_*", 2e-3)]),
+    "all-lora r64 b8": (8, [lora(ALL, r=64, alpha=64), LORA_GROUPS]),
     "full-llm b8": (8, ["methods=[]", groups(2e-3, "llm.*", 1e-4)]),
-    "attn-lora b8 grid1": (8, [f"methods=[{{name: lora, r: 16, alpha: 32, target_modules: {ATTN}}}]", groups(2e-3, "llm.*lora_*", 1e-3), "vision.grid=1"]),
-    "attn-lora b8 grid2": (8, [f"methods=[{{name: lora, r: 16, alpha: 32, target_modules: {ATTN}}}]", groups(2e-3, "llm.*lora_*", 1e-3), "vision.grid=2"]),
+    "attn-lora b8 grid1": (8, [lora(ATTN), LORA_GROUPS, "vision.grid=1"]),
+    "attn-lora b8 grid2": (8, [lora(ATTN), LORA_GROUPS, "vision.grid=2"]),
     "full-llm b8 grid1": (8, ["methods=[]", groups(2e-3, "llm.*", 1e-4), "vision.grid=1"]),
     "full-llm b8 grid2": (8, ["methods=[]", groups(2e-3, "llm.*", 1e-4), "vision.grid=2"]),
-    "all-lora b8 49tok": (8, [f"methods=[{{name: lora, r: 16, alpha: 32, target_modules: {ALL}}}]", groups(2e-3, "llm.*lora_*", 1e-3), "vision.grid=null"]),
-    "all-lora b8 layer11": (8, [f"methods=[{{name: lora, r: 16, alpha: 32, target_modules: {ALL}}}]", groups(2e-3, "llm.*lora_*", 1e-3), "vision.feature_layer=11"]),
+    "all-lora b8 49tok": (8, [lora(ALL), LORA_GROUPS, "vision.grid=null"]),
+    "all-lora b8 layer11": (8, [lora(ALL), LORA_GROUPS, "vision.feature_layer=11"]),
 }
 
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import run_cli, write_json  # noqa: E402
+from common import run_cli, write_json
 
 CURATED = "data/curated/emoji_detail.jsonl"
 DESCRIBE = "Describe this image in detail."
@@ -70,8 +70,9 @@ def eval_summary(path: Path) -> dict:
 
     ev = json.loads(path.read_text())
     rows = [json.loads(line) for line in path.with_suffix(".predictions.jsonl").read_text().splitlines()]
-    return {"n": ev["n"], "accuracy": ev["accuracy"], "f1": sum(token_f1(r["prediction"], r["answer"]) for r in rows) / len(rows),
-            "val_loss": ev.get("val_loss"), "by_type": {k: v["accuracy"] for k, v in ev["by_type"].items()}}
+    return {"n": ev["n"], "accuracy": ev["accuracy"],
+            "f1": sum(token_f1(r["prediction"], r["answer"]) for r in rows) / len(rows), "val_loss": ev.get("val_loss"),
+            "by_type": {k: v["accuracy"] for k, v in ev["by_type"].items()}}
 
 
 def run_stage(name: str, spec: dict, work: Path, steps: int | None, curated: dict | None,
@@ -125,8 +126,9 @@ def run_stage(name: str, spec: dict, work: Path, steps: int | None, curated: dic
         from vlgraft.data.sources import load_records
 
         rec = load_records("emoji:captions-test", limit=1)[0]
-        chat = subprocess.run([sys.executable, "-m", "vlgraft.cli", "chat", "--ckpt", str(run), "--image", rec.images[0],
-                               "--max-new-tokens", "80", DESCRIBE], capture_output=True, text=True, check=True)
+        chat = subprocess.run([sys.executable, "-m", "vlgraft.cli", "chat", "--ckpt", str(run),
+                               "--image", rec.images[0], "--max-new-tokens", "80", DESCRIBE],
+                              capture_output=True, text=True, check=True)
         res["describe"] = {"image": rec.id, "caption": rec.turns[-1][1], "question": DESCRIBE,
                            "answer": chat.stdout.strip()}
     return res

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DIRECT, read_metrics, run_cli, write_json  # noqa: E402
+from common import DIRECT, read_metrics, run_cli, write_json
 
 CONFIGS = {
     "fp32": {"precision": "fp32", "dtype": "float32", "cache": False},
@@ -107,7 +107,7 @@ def main() -> None:
     # time to target: measured where a curve exists, projected from the reference curve otherwise
     ref = next((results["configs"][c]["curve"] for c in curve_cfgs if results["configs"][c]["curve"]), None)
     ref_steps = next((p["step"] for p in ref or [] if p["accuracy"] >= args.target), None)
-    for name, row in results["configs"].items():
+    for row in results["configs"].values():
         hit = next((p for p in row["curve"] or [] if p["accuracy"] >= args.target), None)
         if hit:
             row["time_to_target_s"], row["time_to_target_kind"] = hit["train_s"], "measured"
@@ -118,7 +118,8 @@ def main() -> None:
             row["time_to_target_s"], row["time_to_target_kind"] = None, "target not reached"
     write_json(Path(args.out), results)
 
-    hdr = f"{'config':<12}{'samples/s':>10}{'tokens/s':>10}{'s/step':>8}{'peak RSS MB':>12}{'CUDA MB':>9}{'cache s':>8}  time to {args.target:.0%}"
+    hdr = (f"{'config':<12}{'samples/s':>10}{'tokens/s':>10}{'s/step':>8}{'peak RSS MB':>12}{'CUDA MB':>9}"
+           f"{'cache s':>8}  time to {args.target:.0%}")
     print(hdr)
     print("-" * len(hdr))
     for name, r in results["configs"].items():

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the test suite.
+# Set up (if needed), lint, and run the test suite (pass -m "not slow" for the quick subset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
+ruff check .          # lint (pyproject.toml [tool.ruff]); a finding fails the test command
 python -m pytest "$@"

@@ -32,8 +32,19 @@ def tokenizer_dir():
 
 
 def _save_tiny_llm(kind: str, out: Path, tok_dir: Path) -> Path:
-    from transformers import (AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config, GPT2LMHeadModel,
-                              LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+    from transformers import (
+        AutoTokenizer,
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        OPTConfig,
+        OPTForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
     vocab = len(tok)
@@ -133,3 +144,32 @@ def tiny_recipe(tiny_llms, tiny_clip, tiny_data, tmp_path):
         return from_dict(Recipe, tiny_recipe_dict(tiny_llms[arch], tiny_clip, tiny_data, tmp_path / "run", **train))
 
     return make
+
+
+def _collate_records(vlm, recs):
+    """Tokenised, collated training batch of these records (pixels for the image ones)."""
+    from vlgraft.data.conversation import tokenize_conversation
+    from vlgraft.data.dataset import collate
+    from vlgraft.data.images import load_image
+
+    items = []
+    for r in recs:
+        ex = tokenize_conversation(r, vlm.llm, vlm.num_image_tokens, 128)
+        if r.images:
+            ex["pixel_values"] = vlm.vision.preprocess([load_image(r.images[0])])[0]
+        items.append(ex)
+    return collate(items, vlm.llm.tokenizer.pad_token_id)
+
+
+@pytest.fixture
+def collate_records():
+    """``collate_records(vlm, records)``: a training batch of those records."""
+    return _collate_records
+
+
+@pytest.fixture
+def mixed_batch(tiny_data):
+    """``mixed_batch(vlm, n=3)``: a batch of n tiny_data records, image and text-only ones mixed."""
+    from vlgraft.data.records import load_llava_json
+
+    return lambda vlm, n=3: _collate_records(vlm, load_llava_json(tiny_data)[10:10 + n])

@@ -10,7 +10,8 @@ from vlgraft.registry import CONNECTOR, Registry, UnknownNameError
 def test_unknown_key_is_named_with_suggestion(tmp_path):
     p = tmp_path / "r.yaml"
     p.write_text("train:\n  batch_sise: 4\n")
-    with pytest.raises(ConfigError, match=r"r.yaml: unknown key 'train.batch_sise' \(did you mean 'train.batch_size'\?\)"):
+    with pytest.raises(ConfigError,
+                       match=r"r.yaml: unknown key 'train.batch_sise' \(did you mean 'train.batch_size'\?\)"):
         load_recipe(p)
 
 
@@ -52,7 +53,8 @@ def test_help_lists_every_key():
 def test_registry_unknown_and_duplicate():
     import vlgraft.connectors  # noqa: F401
 
-    with pytest.raises(UnknownNameError, match=r"unknown connector 'mpl' \(did you mean 'mlp'\?\); known: git, linear, mlp, patch_mining, pool, prompt_projection, resampler"):
+    with pytest.raises(UnknownNameError, match=r"unknown connector 'mpl' \(did you mean 'mlp'\?\); known: git, "
+                                               r"linear, mlp, patch_mining, pool, prompt_projection, resampler"):
         CONNECTOR.get("mpl")
     reg = Registry("thing")
     reg.register("a")(1)

@@ -41,8 +41,7 @@ def test_bad_settings():
 
 @pytest.mark.parametrize("kw", [{"name": "resampler", "num_queries": 3, "num_heads": 4},
                                 {"name": "pool", "mode": "shuffle", "grid": 2}])
-def test_in_the_model(tiny_recipe, tiny_data, kw):
-    from tests.test_vlm import collate_records
+def test_in_the_model(tiny_recipe, tiny_data, collate_records, kw):
     from vlgraft.data.records import load_llava_json
     from vlgraft.models.vlm import IMAGE_TOKEN_ID, VLM
 
@@ -66,7 +65,8 @@ class _Pair:
 
 
 def _mining(n_lr=4, d_lr=12, n_hr=16, d_hr=10, out=32):
-    return build_connector(options_for(ConnectorOptions, name="patch_mining"), max(d_lr, d_hr), out, _Pair(n_lr, d_lr, n_hr, d_hr))
+    return build_connector(options_for(ConnectorOptions, name="patch_mining"), max(d_lr, d_hr), out,
+                           _Pair(n_lr, d_lr, n_hr, d_hr))
 
 
 def _pair_input(b=2, n_lr=4, d_lr=12, n_hr=16, d_hr=10):
@@ -123,9 +123,9 @@ def test_patch_mining_needs_two_aligned_encoders():
         build_connector(options_for(ConnectorOptions, name="mlp"), 12, 32, _Pair(4, 12, 16, 12))
 
 
-def test_patch_mining_in_the_model(tiny_recipe, tiny_data):
+@pytest.mark.slow
+def test_patch_mining_in_the_model(tiny_recipe, tiny_data, collate_records):
     """EfficientNet-Lite0 at 64 px (2x2) + at 128 px (4x4), mined, then into a tiny Llama."""
-    from tests.test_vlm import collate_records
     from vlgraft.config import VisionOptions
     from vlgraft.data.images import load_image
     from vlgraft.data.records import load_llava_json

@@ -22,9 +22,12 @@ from vlgraft.data.sources import load_records
 from vlgraft.errors import VlgraftError
 
 GOOD = {  # tiny_data: "What color is it?" -> colour, "Is it a square?" -> yes
-    "conversation": "Q: What color is the object?\nA: The object is {c} all over.\nQ: Is it a square?\nA: Yes, it is a {c} square.",
-    "detail": "A {c} square fills the whole picture. Its color is an even {c} from one edge to the other, with nothing else in view.",
-    "reasoning": "Q: What paint would you need to copy this picture?\nA: The square is {c} from edge to edge, so one pot of {c} paint would be enough to copy it.",
+    "conversation": "Q: What color is the object?\nA: The object is {c} all over.\nQ: Is it a square?\nA: Yes, it "
+                    "is a {c} square.",
+    "detail": "A {c} square fills the whole picture. Its color is an even {c} from one edge to the other, with "
+              "nothing else in view.",
+    "reasoning": "Q: What paint would you need to copy this picture?\nA: The square is {c} from edge to edge, so "
+                 "one pot of {c} paint would be enough to copy it.",
 }
 
 
@@ -74,7 +77,8 @@ def _shots(msgs: list[dict]) -> list[Example]:
 
 
 def test_annotation_from_emoji_meta_and_caption():
-    rec = Record("e1", images=["x.png"], turns=[("user", "<image>\nWrite a short caption for this image."), ("assistant", "A hash key emoji.")],
+    rec = Record("e1", images=["x.png"], turns=[("user", "<image>\nWrite a short caption for this image."),
+                                                ("assistant", "A hash key emoji.")],
                  meta={"name": "HASH KEY", "label": "hash key", "short_names": ["hash", "hash_key"],
                        "category": "Symbols", "subcategory": "keycap"})
     ann = A.extract(rec)
@@ -144,19 +148,28 @@ VOCAB = {"red", "green", "blue"}
     ("detail", GOOD["detail"].format(c="red"), None),
     ("detail", "A red square.", "length"),
     ("detail", "red " * 300, "length"),
-    ("detail", "The square is red and the square is red and the square is red and the square is red and it is red.", "repetition"),
-    ("detail", "According to the annotation, the square in the middle is painted a deep and even shade of red.", "mentions_source"),
-    ("detail", "Here's the corrected text: a red square sits in the middle of the picture on its own, with nothing else.", "mentions_source"),
-    ("detail", "A red square sits in the middle of the picture on its own. Note: I removed the repeated sentences.", "mentions_source"),
-    ("detail", "The picture shows one square in the middle of a plain white background, drawn with sharp straight edges.", "missing_key_term"),
-    ("detail", "A red square sits next to a blue square in the middle of a plain white background, both small.", "contradicts_annotation"),
-    ("detail", "The picture shows a red square. The square is not red at all, it has no color and sits on white paper.", "negates_annotation"),
+    ("detail", "The square is red and the square is red and the square is red and the square is red and it is red.",
+     "repetition"),
+    ("detail", "According to the annotation, the square in the middle is painted a deep and even shade of red.",
+     "mentions_source"),
+    ("detail", "Here's the corrected text: a red square sits in the middle of the picture on its own, with nothing "
+               "else.", "mentions_source"),
+    ("detail", "A red square sits in the middle of the picture on its own. Note: I removed the repeated sentences.",
+     "mentions_source"),
+    ("detail", "The picture shows one square in the middle of a plain white background, drawn with sharp straight "
+               "edges.", "missing_key_term"),
+    ("detail", "A red square sits next to a blue square in the middle of a plain white background, both small.",
+     "contradicts_annotation"),
+    ("detail", "The picture shows a red square. The square is not red at all, it has no color and sits on white "
+               "paper.", "negates_annotation"),
     ("conversation", GOOD["conversation"].format(c="red"), None),
     ("conversation", "Q: What color is it?\nA: It is red.", "unparseable"),  # one pair only
     ("conversation", "The object is red.", "unparseable"),
-    ("conversation", "Q: What color is it?\nA: It is red all over.\nQ: Is it a square?\nA: No, it is a red thing.", "answer_disagrees"),
+    ("conversation", "Q: What color is it?\nA: It is red all over.\nQ: Is it a square?\nA: No, it is a red thing.",
+     "answer_disagrees"),
     ("reasoning", GOOD["reasoning"].format(c="red"), None),
-    ("reasoning", "Q: What color is it? A: It is red, and red paint would be the one to use if you wanted to copy this small picture.", None),
+    ("reasoning", "Q: What color is it? A: It is red, and red paint would be the one to use if you wanted to copy "
+                  "this small picture.", None),
 ])
 def test_filters_keep_and_drop(kind, text, reason):
     assert check(kind, parse(kind, text), ANN, VOCAB, [])[0] == reason
@@ -205,7 +218,8 @@ def bad_script(msgs: list[dict]) -> str:
         return good_script(msgs)
     if c == "green":
         return {"conversation": "Q: What is it?\nA: It is green.", "detail": "Green.",
-                "reasoning": "Q: Why? A: green green green green green green green green green green green green green green"}[kind]
+                "reasoning": "Q: Why? A: green green green green green green green green green green green green "
+                             "green green"}[kind]
     if c == "blue":
         return GOOD[kind].format(c="blue").replace("blue", "blue and yellow", 1)
     return GOOD[kind].format(c=c)
@@ -301,14 +315,16 @@ def test_errors_are_one_line(tiny_data, tmp_path, capsys):
         return err[0]
 
     out = tmp_path / "o.jsonl"
-    assert "unknown kind 'chat'; known: conversation, detail, reasoning" in run(str(tiny_data), "--out", str(out), "--kinds", "detail,chat")
+    assert "unknown kind 'chat'; known: conversation, detail, reasoning" in run(str(tiny_data), "--out", str(out),
+                                                                                "--kinds", "detail,chat")
     assert "unknown dataset 'nosuch'" in run("nosuch:train", "--out", str(out))
     assert "data file not found" in run(str(tmp_path / "missing.json"), "--out", str(out))
     assert "--generator openai needs --model" in run(str(tiny_data), "--out", str(out), "--generator", "openai")
     assert "--batch-size must be >= 1; got 0" in run(str(tiny_data), "--out", str(out), "--batch-size", "0")
     assert not out.exists() and not progress_path(out).exists()
     out.write_text("")
-    assert str(out) in run(str(tiny_data), "--out", str(out)) and "--overwrite" in run(str(tiny_data), "--out", str(out))
+    assert str(out) in run(str(tiny_data), "--out", str(out))
+    assert "--overwrite" in run(str(tiny_data), "--out", str(out))
     out.unlink()
     # an unfinished run resumes only with the same settings
     with pytest.raises(RuntimeError):
@@ -344,7 +360,8 @@ class _Stub(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b'{"error": {"message": "no such\\nmodel"}}')
             return
-        reply = {"choices": [{"message": {"role": "assistant", "content": f" echo: {body['messages'][-1]['content']} "}}]}
+        content = f" echo: {body['messages'][-1]['content']} "
+        reply = {"choices": [{"message": {"role": "assistant", "content": content}}]}
         data = json.dumps(reply).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")

@@ -27,7 +27,8 @@ def conv(*pairs):
 @pytest.mark.parametrize("record,message", [
     ({"id": "a", "conversations": conv(("<image>\nhi", "x"))}, "record 'a' .*placeholder but no 'image'"),
     ({"id": "b", "image": "img.png", "conversations": conv(("hi", "x"))}, "record 'b' .*0 <image> placeholders"),
-    ({"id": "c", "image": "missing.png", "conversations": conv(("<image>\nhi", "x"))}, "record 'c' .*image file not found"),
+    ({"id": "c", "image": "missing.png", "conversations": conv(("<image>\nhi", "x"))},
+     "record 'c' .*image file not found"),
     ({"id": "d", "conversations": [{"from": "robot", "value": "x"}]}, "record 'd' .*unknown speaker 'robot'"),
     ({"id": "e", "conversations": [{"from": "gpt", "value": "x"}]}, "record 'e' .*alternate"),
     ({"id": "f"}, "record 'f' .*'conversations'"),
@@ -74,7 +75,8 @@ def test_easyvqa_grouped_into_conversations():
     assert len(test) == 1000 and len(types) == 9673 and set(types) == {"yes/no", "color", "shape"}
     from vlgraft.eval.vqa import eval_items
     items = eval_items(test, "independent")
-    assert len(items) == 9673 and all(len(it["turns"]) == 1 and it["turns"][0][1].startswith("<image>\n") for it in items)
+    assert len(items) == 9673
+    assert all(len(it["turns"]) == 1 and it["turns"][0][1].startswith("<image>\n") for it in items)
     with pytest.raises(Exception, match="unknown dataset 'easyvq'"):
         load_records("easyvq:train")
 
@@ -116,10 +118,12 @@ def test_image_tokens_at_placeholder_with_right_count(smol):
 
 
 def test_truncation_never_cuts_visual_tokens(smol, caplog):
-    rec = Record("r9", images=["x.png"], turns=[("user", "a " * 50 + "<image>"), ("assistant", "ok")], source="file.json: record 'r9'")
+    rec = Record("r9", images=["x.png"], turns=[("user", "a " * 50 + "<image>"), ("assistant", "ok")],
+                 source="file.json: record 'r9'")
     with pytest.raises(DataError, match="record 'r9'.*would cut visual tokens"):
         tokenize_conversation(rec, smol, 16, 40)
-    rec2 = Record("r10", images=["x.png"], turns=[("user", "<image>\nq"), ("assistant", "ok " * 80)], source="record 'r10'")
+    rec2 = Record("r10", images=["x.png"], turns=[("user", "<image>\nq"), ("assistant", "ok " * 80)],
+                  source="record 'r10'")
     ex = tokenize_conversation(rec2, smol, 4, 40)
     assert len(ex["input_ids"]) == 40 and "record 'r10': truncated" in caplog.text
 
@@ -129,13 +133,13 @@ def test_easyvqa_balanced_split_removes_the_wording_prior():
     (negated?, answer) pair and keeps every colour/shape question."""
     from collections import Counter
 
-    from vlgraft.data.formats.easyvqa import _negated
+    from vlgraft.data.formats.easyvqa import negated
     from vlgraft.data.sources import load_records
 
     full, bal = load_records("easyvqa:train"), load_records("easyvqa:train-balanced")
     def pairs(recs):
         return [(q, a) for r in recs for (_, q), (_, a) in zip(r.turns[::2], r.turns[1::2])]
-    groups = Counter((_negated(q), a) for q, a in pairs(bal) if a in ("yes", "no"))
+    groups = Counter((negated(q), a) for q, a in pairs(bal) if a in ("yes", "no"))
     for neg in (False, True):
         assert abs(groups[(neg, "yes")] - groups[(neg, "no")]) < 0.05 * groups[(neg, "yes")]
     assert sum(a not in ("yes", "no") for _, a in pairs(bal)) == sum(a not in ("yes", "no") for _, a in pairs(full))

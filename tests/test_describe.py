@@ -8,10 +8,10 @@ import pytest
 
 from vlgraft.config import DataConfig, EvalConfig
 from vlgraft.data.conversation import IGNORE, single_turns, tokenize_independent
-from vlgraft.data.sources import load_records
 from vlgraft.data.describe import describe_prompt, with_description, with_gold_descriptions
 from vlgraft.data.formats.easyvqa import description as easyvqa_description
 from vlgraft.data.records import Record
+from vlgraft.data.sources import load_records
 from vlgraft.errors import ConfigError, DataError
 from vlgraft.eval.vqa import eval_items, evaluate
 from vlgraft.serve.chat import ChatSession
@@ -24,7 +24,8 @@ ASK = "Describe the image."
 def _rec(**kw):
     turns = [("system", "Be brief."), ("user", "<image>\nWhat color is it?"), ("assistant", "red"),
              ("user", "Is it round?"), ("assistant", "no")]
-    return Record("r1", images=["x.png"], turns=kw.pop("turns", turns), meta=kw.pop("meta", {"answer_types": ["color", "yes/no"]}),
+    return Record("r1", images=["x.png"], turns=kw.pop("turns", turns),
+                  meta=kw.pop("meta", {"answer_types": ["color", "yes/no"]}),
                   source="f.json: record 'r1'", **kw)
 
 
@@ -119,6 +120,7 @@ def described_data(tiny_data, tmp_path):
     return p
 
 
+@pytest.mark.slow
 def test_train_eval_and_chat_describe_first(tiny_recipe, tiny_data, described_data, tmp_path):
     import dataclasses
 
@@ -134,7 +136,8 @@ def test_train_eval_and_chat_describe_first(tiny_recipe, tiny_data, described_da
     assert recipe.data.describe_first == ASK
 
     res = evaluate(vlm, DataConfig(eval=str(described_data), turns="conversation", describe_first=ASK),
-                   EvalConfig(batch_size=1, max_new_tokens=3, describe_max_new_tokens=6), "fp32", out_path=tmp_path / "e.json")
+                   EvalConfig(batch_size=1, max_new_tokens=3, describe_max_new_tokens=6), "fp32",
+                   out_path=tmp_path / "e.json")
     assert res["n"] == 12 * 2 + 4  # descriptions are not questions
     d = res["describe_first"]
     assert d["described"] == 12 and d["with_gold"] == 12 and 0 <= d["gold_match"] <= 1
@@ -156,7 +159,8 @@ def test_train_eval_and_chat_describe_first(tiny_recipe, tiny_data, described_da
     p.write_text(json.dumps(explicit))
     evaluate(vlm, DataConfig(eval=str(p), turns="conversation"), EvalConfig(batch_size=1, max_new_tokens=3), "fp32",
              out_path=tmp_path / "x.json")
-    plain = {row["id"]: row["prediction"] for row in map(json.loads, (tmp_path / "x.predictions.jsonl").read_text().splitlines())}
+    lines = (tmp_path / "x.predictions.jsonl").read_text().splitlines()
+    plain = {row["id"]: row["prediction"] for row in map(json.loads, lines)}
     for row in rows:
         rid, k = row["id"].split("#")
         shift = 1 if rid in descs else 0  # the explicit exchange is item 0 there

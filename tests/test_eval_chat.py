@@ -23,6 +23,7 @@ def test_token_f1():
     assert token_f1("tulip", "rose emoji") == 0.0 and token_f1("", "") == 1.0 and token_f1("", "rose") == 0.0
 
 
+@pytest.mark.slow
 def test_eval_and_chat_on_a_trained_tiny_model(tiny_recipe, tiny_data, tmp_path):
     out = train(tiny_recipe(max_steps=2), source="test")
     vlm, recipe, _ = load_vlm(out)
@@ -30,14 +31,14 @@ def test_eval_and_chat_on_a_trained_tiny_model(tiny_recipe, tiny_data, tmp_path)
                    out_path=tmp_path / "eval.json")
     assert res["n"] == 12 * 2 + 4  # one item per assistant turn
     written = json.loads((tmp_path / "eval.json").read_text())
-    preds = [json.loads(l) for l in (tmp_path / "eval.predictions.jsonl").read_text().splitlines()]
+    preds = [json.loads(line) for line in (tmp_path / "eval.predictions.jsonl").read_text().splitlines()]
     assert written["by_type"]["all"]["correct"] == sum(p["correct"] for p in preds)
     assert all(p["correct"] == (normalize(p["prediction"]) == normalize(p["answer"])) for p in preds)
     assert written["f1"] == pytest.approx(sum(p["f1"] for p in preds) / len(preds))
     assert all(p["f1"] == 1.0 for p in preds if p["correct"])
 
-    packed = evaluate(vlm, DataConfig(eval=str(tiny_data), turns="independent"), EvalConfig(batch_size=5, max_new_tokens=3),
-                      "fp32")
+    packed = evaluate(vlm, DataConfig(eval=str(tiny_data), turns="independent"),
+                      EvalConfig(batch_size=5, max_new_tokens=3), "fp32")
     assert packed["n"] == 28 and packed["turns"] == "independent"
 
     image = str(tiny_data.parent / "img" / "0.png")

@@ -81,7 +81,8 @@ def test_coco(tmp_path):
     other = tmp_path / "imgs"
     _png(other / "a.png")
     _png(other / "b.png")
-    assert load_records(f"coco:{tmp_path / 'captions.json'}", image_root=str(other))[0].images[0] == str(other / "a.png")
+    assert load_records(f"coco:{tmp_path / 'captions.json'}",
+                        image_root=str(other))[0].images[0] == str(other / "a.png")
 
 
 @pytest.mark.parametrize("bad, needle", [
@@ -221,7 +222,8 @@ def _llava_rows(img_a, img_b) -> dict:
 
 
 def test_hf_saved_dataset_with_image_feature(tmp_path):
-    from datasets import Dataset, DatasetDict, Features, Image as HFImage, Value
+    from datasets import Dataset, DatasetDict, Features, Value
+    from datasets import Image as HFImage
 
     png_path = tmp_path / "x.png"
     _png(png_path)

@@ -142,14 +142,15 @@ def test_methods_outside_the_sequence_see_the_mean_of_a_samples_images():
     from vlgraft.methods.base import MethodContext
 
     visual = torch.arange(4 * 2 * 3, dtype=torch.float).view(4, 2, 3)
-    ctx = MethodContext(visual=visual, has_image=torch.tensor([True, False, True]), image_counts=torch.tensor([3, 0, 1]))
+    ctx = MethodContext(visual=visual, has_image=torch.tensor([True, False, True]),
+                        image_counts=torch.tensor([3, 0, 1]))
     out = ctx.visual_per_sample()
-    assert torch.equal(out[0], visual[:3].mean(0)) and torch.equal(out[1], torch.zeros(2, 3)) and torch.equal(out[2], visual[3])
+    assert torch.equal(out[0], visual[:3].mean(0)) and torch.equal(out[1], torch.zeros(2, 3))
+    assert torch.equal(out[2], visual[3])
 
 
 def test_mixture_with_documents_trains_and_eval_refuses_documents(tiny_recipe, tiny_data, docs):
-    from vlgraft.config import MixSource
-    from vlgraft.config import DataConfig, EvalConfig
+    from vlgraft.config import DataConfig, EvalConfig, MixSource
     from vlgraft.eval.vqa import evaluate
     from vlgraft.train.checkpoint import load_vlm
     from vlgraft.train.loop import train
@@ -169,7 +170,8 @@ def test_chat_with_two_images(tiny_recipe, docs):
     from vlgraft.serve.chat import ChatSession
 
     vlm = _vlm(tiny_recipe).eval()
-    chat = ChatSession(vlm, [str(docs.parent / "0.png"), str(docs.parent / "1.png")], precision="fp32", max_new_tokens=3)
+    chat = ChatSession(vlm, [str(docs.parent / "0.png"), str(docs.parent / "1.png")], precision="fp32",
+                       max_new_tokens=3)
     chat.ask("Which is red?", stream=None)
     assert chat.turns[0] == ("user", f"{IMAGE_PLACEHOLDER}\n{IMAGE_PLACEHOLDER}\nWhich is red?")
     assert chat.features.shape[0] == 2

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from vlgraft.config import ParamGroup
-from tests.test_vlm import collate_records
 from vlgraft.data.records import load_llava_json
 from vlgraft.models.anatomy import attention_of, decoder_layers
 from vlgraft.models.vlm import VLM
@@ -48,9 +47,13 @@ def _build(recipe, methods, groups=None):
     return vlm
 
 
-def _batch(vlm, data_path, n_img: int = 2, n_txt: int = 1):
-    recs = load_llava_json(data_path)
-    return collate_records(vlm, recs[:n_img] + [r for r in recs if not r.images][:n_txt])
+@pytest.fixture
+def batch_of(tiny_data, collate_records):
+    """``batch_of(vlm, n_img=2, n_txt=1)``: image records first, then text-only ones."""
+    def make(vlm, n_img: int = 2, n_txt: int = 1):
+        recs = load_llava_json(tiny_data)
+        return collate_records(vlm, recs[:n_img] + [r for r in recs if not r.images][:n_txt])
+    return make
 
 
 def _reference_logits(base: VLM, vlm: VLM, batch: dict) -> torch.Tensor:
@@ -67,12 +70,14 @@ def _reference_logits(base: VLM, vlm: VLM, batch: dict) -> torch.Tensor:
         return base.llm.model(inputs_embeds=emb, attention_mask=x["attention_mask"]).logits
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+# llama and qwen2 in the quick run (pytest -m "not slow"); the other families in the full one
+@pytest.mark.parametrize("arch", [a if a in ("llama", "qwen2") else pytest.param(a, marks=pytest.mark.slow)
+                                  for a in ARCHS])
 @pytest.mark.parametrize("key", list(ZERO_INIT))
-def test_zero_init_identity_then_change(tiny_recipe, tiny_data, arch, key):
+def test_zero_init_identity_then_change(tiny_recipe, batch_of, arch, key):
     base = _build(tiny_recipe(arch), [])
     vlm = _build(tiny_recipe(arch), [_spec(key, arch)])
-    batch = _batch(vlm, tiny_data)
+    batch = batch_of(vlm)
     vlm.eval()
     with torch.no_grad():
         logits0 = vlm(**{k: v for k, v in batch.items() if k != "labels"})["logits"]
@@ -93,10 +98,10 @@ def test_zero_init_identity_then_change(tiny_recipe, tiny_data, arch, key):
 
 @pytest.mark.parametrize("key", ["prompt_tuning", "prefix_tuning"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_prompt_methods_train(tiny_recipe, tiny_data, arch, key):
+def test_prompt_methods_train(tiny_recipe, batch_of, arch, key):
     spec = {"name": key, "num_virtual_tokens": 3}
     vlm = _build(tiny_recipe(arch), [spec])
-    batch = _batch(vlm, tiny_data)
+    batch = batch_of(vlm)
     with torch.no_grad():
         logits = vlm(**{k: v for k, v in batch.items() if k != "labels"})["logits"]
     extra = 3 if key == "prompt_tuning" else 0
@@ -157,7 +162,7 @@ def test_llama_adapter_matches_peft(tiny_llms, tiny_recipe):
     assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
 
 
-def test_lora_merge_matches_unmerged(tiny_recipe, tiny_data):
+def test_lora_merge_matches_unmerged(tiny_recipe, batch_of):
     from vlgraft.methods.lora import merge_adapters
 
     vlm = _build(tiny_recipe("llama"), [ZERO_INIT["lora"]])
@@ -166,7 +171,7 @@ def test_lora_merge_matches_unmerged(tiny_recipe, tiny_data):
             if "lora_B" in n:
                 p.normal_(std=0.1)
     vlm.eval()
-    batch = _batch(vlm, tiny_data)
+    batch = batch_of(vlm)
     inp = {k: v for k, v in batch.items() if k != "labels"}
     with torch.no_grad():
         before = vlm(**inp)["logits"]
@@ -177,7 +182,7 @@ def test_lora_merge_matches_unmerged(tiny_recipe, tiny_data):
 
 
 @pytest.mark.parametrize("key", ["lora", "serial_adapter", "llama_adapter_mm", "llama_adapter_v2", "mma"])
-def test_checkpoint_holds_exactly_the_method(tiny_recipe, tiny_data, tmp_path, key):
+def test_checkpoint_holds_exactly_the_method(tiny_recipe, batch_of, tmp_path, key):
     from vlgraft.train import checkpoint as ckpt
 
     recipe = tiny_recipe("qwen2")
@@ -198,7 +203,7 @@ def test_checkpoint_holds_exactly_the_method(tiny_recipe, tiny_data, tmp_path, k
 
     assert set(load_file(tmp_path / "ck" / "trainable.safetensors")) == expected
     again, _, _ = ckpt.load_vlm(tmp_path / "ck")
-    batch = _batch(vlm, tiny_data)
+    batch = batch_of(vlm)
     inp = {k: v for k, v in batch.items() if k != "labels"}
     vlm.eval()
     with torch.no_grad():
@@ -217,7 +222,7 @@ def test_llama_adapter_v2_groups_are_disjoint(tiny_recipe):
     assert all(p.requires_grad for n, p in vlm.named_parameters() if n.startswith("connector."))
 
 
-def test_mma_routes_text_and_image_differently(tiny_recipe, tiny_data, monkeypatch):
+def test_mma_routes_text_and_image_differently(tiny_recipe, batch_of, monkeypatch):
     from vlgraft.methods.mma import RoutedAdapter
 
     seen: dict = {}  # router -> the routes of each call
@@ -230,7 +235,7 @@ def test_mma_routes_text_and_image_differently(tiny_recipe, tiny_data, monkeypat
 
     monkeypatch.setattr(RoutedAdapter, "routes", spy)
     vlm = _build(tiny_recipe("llama"), [ZERO_INIT["mma"]])
-    batch = _batch(vlm, tiny_data, n_img=1, n_txt=1)
+    batch = batch_of(vlm, n_img=1, n_txt=1)
     with torch.no_grad():
         vlm(**{k: v for k, v in batch.items() if k != "labels"})
     routes = [calls[0] for calls in seen.values()]
@@ -240,7 +245,7 @@ def test_mma_routes_text_and_image_differently(tiny_recipe, tiny_data, monkeypat
         assert torch.allclose(r.sum(-1), torch.ones(2))
         assert not torch.allclose(r[0], r[1])
     # the modality token is what differs: two image samples route identically
-    batch2 = _batch(vlm, tiny_data, n_img=2, n_txt=0)
+    batch2 = batch_of(vlm, n_img=2, n_txt=0)
     seen.clear()
     with torch.no_grad():
         vlm(**{k: v for k, v in batch2.items() if k != "labels"})
@@ -272,7 +277,7 @@ def test_lora_on_chosen_layers_only(tiny_recipe):
     assert names and all(".layers.1." in n for n in names)
 
 
-def test_lora_on_vision_tower(tiny_recipe, tiny_data):
+def test_lora_on_vision_tower(tiny_recipe, tiny_data, collate_records):
     spec = {"name": "lora", "r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"], "target": "vision"}
     base = _build(tiny_recipe("llama"), [])
     vlm = _build(tiny_recipe("llama"), [spec])

@@ -2,11 +2,14 @@
 
 import json
 
+import pytest
 import yaml
 from safetensors.torch import load_file
 
 from vlgraft.cli import main
 from vlgraft.config import to_dict
+
+pytestmark = pytest.mark.slow  # end to end: trains, evaluates, exports
 
 
 def _recipe(tiny_recipe, tmp_path, methods, trainable):

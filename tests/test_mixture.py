@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 from vlgraft.config import MixSource, ParamGroup
 from vlgraft.data.mixture import Source
-from vlgraft.errors import ConfigError, VlgraftError
 from vlgraft.data.sampler import MicroBatches
+from vlgraft.errors import ConfigError, VlgraftError
 from vlgraft.train.loop import train
 
 
@@ -101,6 +101,7 @@ def test_mixture_trains_and_bad_mixtures_are_refused(tiny_recipe, tiny_data, tmp
         train(r3, source="test")
 
 
+@pytest.mark.slow
 def test_joint_training_moves_only_the_batch_modality_groups(tiny_recipe, tiny_data, tmp_path):
     """LLaMA-Adapter V2 joint training: image-text batches step the image groups only, text-only batches
     the language groups only — checked tensor by tensor between consecutive checkpoints."""
@@ -125,7 +126,8 @@ def test_joint_training_moves_only_the_batch_modality_groups(tiny_recipe, tiny_d
     image_names = set(match_names(saved, vlm.method_params["llama_adapter_v2.image"]))
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     kinds = []
-    for prev, cur in zip([{"image": 0, "text": 0}] + [m["steps_by_modality"] for m in metrics], [m["steps_by_modality"] for m in metrics]):
+    counts = [m["steps_by_modality"] for m in metrics]
+    for prev, cur in zip([{"image": 0, "text": 0}] + counts, counts):
         kinds.append("image" if cur["image"] > prev["image"] else "text")
     assert set(kinds) == {"image", "text"}, kinds  # both kinds occurred
     ck = sorted((out / "checkpoints").glob("step-*"))

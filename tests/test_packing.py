@@ -46,7 +46,8 @@ def test_packed_turns_equal_single_turn_logits(tiny_recipe, tiny_data, arch):
 def test_packing_drops_whole_questions_to_fit(tiny_recipe, tiny_data, caplog):
     vlm = VLM.from_recipe(tiny_recipe())
     img = str(tiny_data.parent / "img" / "1.png")
-    rec = Record("r", images=[img], turns=[("user", "<image>\nQ1?"), ("assistant", "a"), ("user", "Q2?"), ("assistant", "b")],
+    rec = Record("r", images=[img],
+                 turns=[("user", "<image>\nQ1?"), ("assistant", "a"), ("user", "Q2?"), ("assistant", "b")],
                  source="f.json: record 'r'")
     full = tokenize_independent(rec, vlm.llm, vlm.num_image_tokens, 512)
     cut = tokenize_independent(rec, vlm.llm, vlm.num_image_tokens, len(full["input_ids"]) - 1)
@@ -55,8 +56,7 @@ def test_packing_drops_whole_questions_to_fit(tiny_recipe, tiny_data, caplog):
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_packed_generation_equals_single_prompt_generation(tiny_recipe, tiny_data, arch):
-    from vlgraft.data.conversation import packed_prompt
-    from vlgraft.data.conversation import tokenize_prompt
+    from vlgraft.data.conversation import packed_prompt, tokenize_prompt
 
     recipe = tiny_recipe(arch)
     recipe.methods = []

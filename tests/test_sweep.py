@@ -33,7 +33,8 @@ def test_recipe_keys():
 
 def test_variants_times_grid(tmp_path, base):
     s = load_sweep(_sweep(tmp_path, base, overrides={"train.max_steps": 3},
-                          variants={"A": None, "B": {"train.seed": 1, "trainable": [{"name": "c", "params": ["connector"]}]}},
+                          variants={"A": None,
+                                    "B": {"train.seed": 1, "trainable": [{"name": "c", "params": ["connector"]}]}},
                           grid={"train.batch_size": [2, 4], "size": {"s": {"data.max_length": 96}, "m": {}}}))
     names = [v.name for v in s.variants]
     assert names == [f"{a}_batch_size={b}_{c}" for a in "AB" for b in (2, 4) for c in "sm"]
@@ -94,9 +95,11 @@ def test_dry_run_prints_trainable_params(tmp_path, base, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_sweep_end_to_end_resume_and_failure(tmp_path, base, capsys):
     s = _sweep(tmp_path, base, overrides={"train.max_steps": 2, "train.log_every": 1},
-               variants={"lora": {}, "r2": {"methods": [{"name": "lora", "r": 2, "alpha": 4, "target_modules": ["q_proj"]}]},
+               variants={"lora": {}, "r2": {"methods": [{"name": "lora", "r": 2, "alpha": 4,
+                                                         "target_modules": ["q_proj"]}]},
                          "broken": {"data.train": str(tmp_path / "missing.json")}},
                eval={"limit": 4, "loss_records": 2})
     res = run_sweep(s)
@@ -130,7 +133,8 @@ def test_table_with_text_ability_and_failures(tmp_path, base):
           "val_loss": None, "accuracy": 0.75, "by_type": {"color": 0.5, "shape": 1.0},
           "text_ability": {"before": {"ppl": 10.0, "qa_acc": 0.5}, "after": {"ppl": 12.5, "qa_acc": 0.25},
                            "change": {"ppl": 2.5, "qa_acc": -0.25}}}
-    res = [{"name": "a", **ok}, {"name": "b", "status": "failed", "overrides": ["x=1"], "error": "vlgraft: error: boom"},
+    res = [{"name": "a", **ok},
+           {"name": "b", "status": "failed", "overrides": ["x=1"], "error": "vlgraft: error: boom"},
            {"name": "c", "status": "not run", "overrides": []}]
     md = markdown(s, res).splitlines()
     head = next(line for line in md if line.startswith("| variant"))

@@ -112,6 +112,7 @@ def _checkpoint(tiny_recipe, tmp_path):
     return run
 
 
+@pytest.mark.slow
 def test_cli_writes_text_block(tiny_recipe, text_set, tmp_path, capsys):
     run = _checkpoint(tiny_recipe, tmp_path)
     main(["eval", str(run), "--limit", "3", "--text", "--text-set", str(text_set), "--precision", "fp32"])

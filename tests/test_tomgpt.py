@@ -44,6 +44,7 @@ def _text_records(path, n=8):
     return path
 
 
+@pytest.mark.slow
 def test_text_only_training_then_images_with_the_same_connector(tiny_recipe, tiny_clip_pair, tiny_data, tmp_path):
     recipe = tiny_recipe(max_steps=3)
     recipe.vision = VisionOptions(name=f"hf:{tiny_clip_pair}", tokens="embed")
@@ -83,8 +84,10 @@ def test_text_only_training_then_images_with_the_same_connector(tiny_recipe, tin
 def test_image_text_records_are_validated(tmp_path):
     bad = [{"id": "a", "image_text": "x", "image": "y.png",
             "conversations": [{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "A"}]},
-           {"id": "b", "image_text": "x", "conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]},
-           {"id": "c", "image_text": "", "conversations": [{"from": "human", "value": "<image>Q"}, {"from": "gpt", "value": "A"}]}]
+           {"id": "b", "image_text": "x",
+            "conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]},
+           {"id": "c", "image_text": "",
+            "conversations": [{"from": "human", "value": "<image>Q"}, {"from": "gpt", "value": "A"}]}]
     for rec, msg in zip(bad, ["both 'image' and 'image_text'", "placeholders", "non-empty"]):
         p = tmp_path / f"{rec['id']}.json"
         p.write_text(json.dumps([rec]))

@@ -19,7 +19,7 @@ def _weights(run):
     return load_file(run / "final" / "trainable.safetensors")
 
 
-def test_checkpoint_holds_exactly_trainable_and_round_trips(tiny_recipe, tiny_data):
+def test_checkpoint_holds_exactly_trainable_and_round_trips(tiny_recipe, mixed_batch):
     recipe = tiny_recipe(max_steps=3)
     out = train(recipe, source="test")
     w = _weights(out)
@@ -29,8 +29,7 @@ def test_checkpoint_holds_exactly_trainable_and_round_trips(tiny_recipe, tiny_da
     assert all(k.startswith("connector.") or ".lora_" in k for k in w)
     assert not any(k.startswith("vision.") for k in w)
     # logits after reload are bit-identical to the trained weights' logits
-    from tests.test_vlm import _batch
-    b = _batch(vlm, tiny_data)
+    b = mixed_batch(vlm)
     logits = vlm(b["input_ids"], b["attention_mask"], pixel_values=b["pixel_values"])["logits"]
     vlm2, _, _ = load_vlm(out)
     assert torch.equal(logits, vlm2(b["input_ids"], b["attention_mask"], pixel_values=b["pixel_values"])["logits"])
@@ -48,10 +47,11 @@ def test_loss_decreases(tiny_recipe):
     r.methods = []
     r.trainable = [ParamGroup("connector", ["connector"], 1e-2), ParamGroup("llm", ["llm"], 1e-2)]
     out = train(r, source="test")
-    losses = [json.loads(l)["loss"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 1.5  # nats
 
 
+@pytest.mark.slow
 def test_resume_matches_uninterrupted(tiny_recipe, tmp_path, monkeypatch):
     full = tiny_recipe(max_steps=4, save_every=2, schedule="cosine", warmup_ratio=0.25)
     full.train.output_dir = str(tmp_path / "full")
@@ -107,6 +107,7 @@ def _run_cli(recipe_dict, path, nproc):
     assert f"x {nproc} proc)" in res.stderr  # really ran as nproc processes
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_at_same_global_batch(tiny_recipe, tmp_path):
     base = to_dict(tiny_recipe(max_steps=3, warmup_ratio=0.0))
     one = {**base, "train": {**base["train"], "batch_size": 4, "output_dir": str(tmp_path / "one")}}
@@ -138,13 +139,15 @@ def test_lr_mm1_follows_the_llm_size(tiny_recipe):
     n = sum(p.numel() for p in llm.parameters() if id(p) not in emb)  # tied head: the same tensor
     opt = build_optimizer(resolve_groups(vlm, r.trainable), llm)
     lr = math.exp(-0.4214 * math.log(n) - 0.5535)
-    assert opt.param_groups[0]["lr"] == pytest.approx(lr) and opt.param_groups[0]["weight_decay"] == pytest.approx(0.1 * lr)
+    assert opt.param_groups[0]["lr"] == pytest.approx(lr)
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.1 * lr)
     assert opt.param_groups[1]["lr"] == 1e-3
     r.trainable[0].lr = "fast"
     with pytest.raises(ConfigError, match="'mm1'"):
         build_optimizer(resolve_groups(vlm, r.trainable), llm)
 
 
+@pytest.mark.slow
 def test_init_from_chains_stage_one_by_reference(tiny_recipe, tmp_path):
     """Stage 1 trains the connector only; stage 2 starts from it (by reference), freezes it and
     trains LoRA. Stage 2's checkpoint holds only LoRA, and loading it restores stage 1's connector."""

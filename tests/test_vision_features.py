@@ -59,10 +59,10 @@ def test_efficientnet_layers_and_resolution():
 
 def test_bad_vision_settings(tiny_clip):
     with pytest.raises(VlgraftError, match="different token counts"):
-        build_vision(VisionOptions(name="efficientnet-lite0", feature_layers=[10, -1])).num_tokens
+        _ = build_vision(VisionOptions(name="efficientnet-lite0", feature_layers=[10, -1])).num_tokens
     with pytest.raises(VlgraftError, match="different widths"):
-        build_vision(VisionOptions(name="efficientnet-lite0", feature_layers=[10, -1], layer_merge="tokens",
-                                  tokens="cls")).embed_dim
+        _ = build_vision(VisionOptions(name="efficientnet-lite0", feature_layers=[10, -1], layer_merge="tokens",
+                                      tokens="cls")).embed_dim
     with pytest.raises(VlgraftError, match="out of range"):
         build_vision(VisionOptions(name=f"hf:{tiny_clip}", feature_layers=[-1, 7]))
     with pytest.raises(VlgraftError, match="block index"):

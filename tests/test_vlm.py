@@ -1,38 +1,20 @@
 import pytest
 import torch
 
-from vlgraft.data.conversation import IGNORE, tokenize_conversation
-from vlgraft.data.dataset import collate
-from vlgraft.data.records import load_llava_json
+from vlgraft.data.conversation import IGNORE
 from vlgraft.errors import VlgraftError
 from vlgraft.models.vlm import IMAGE_TOKEN_ID, VLM
 from vlgraft.train.optim import resolve_groups
 
 
-def _batch(vlm, data_path, n=3):
-    return collate_records(vlm, load_llava_json(data_path)[10:10 + n])  # mixes image and text-only records
-
-
-def collate_records(vlm, recs):
-    """Tokenised, collated training batch of these records (pixels for the image ones)."""
-    items = []
-    for r in recs:
-        ex = tokenize_conversation(r, vlm.llm, vlm.num_image_tokens, 128)
-        if r.images:
-            from vlgraft.data.images import load_image
-            ex["pixel_values"] = vlm.vision.preprocess([load_image(r.images[0])])[0]
-        items.append(ex)
-    return collate(items, vlm.llm.tokenizer.pad_token_id)
-
-
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
-def test_splice_loss_and_frozen_grads(tiny_recipe, tiny_data, arch):
+def test_splice_loss_and_frozen_grads(tiny_recipe, mixed_batch, arch):
     recipe = tiny_recipe(arch)
     if arch == "gpt2":
         recipe.methods = [{"name": "lora", "r": 4, "alpha": 8, "target_modules": ["c_attn"]}]
     vlm = VLM.from_recipe(recipe)
     resolve_groups(vlm, recipe.trainable)
-    b = _batch(vlm, tiny_data)
+    b = mixed_batch(vlm)
     n_img = int((b["input_ids"] == IMAGE_TOKEN_ID).sum())
     assert n_img == b["pixel_values"].shape[0] * vlm.num_image_tokens == 2 * 4
 
@@ -63,11 +45,11 @@ def test_splice_loss_and_frozen_grads(tiny_recipe, tiny_data, arch):
             assert p.grad is None, f"frozen {name} received a gradient"
 
 
-def test_labels_masked_changes_loss(tiny_recipe, tiny_data):
+def test_labels_masked_changes_loss(tiny_recipe, mixed_batch):
     """Unmasking a prompt token must change the loss: the mask is what the loss sees."""
     recipe = tiny_recipe()
     vlm = VLM.from_recipe(recipe)
-    b = _batch(vlm, tiny_data, 1)
+    b = mixed_batch(vlm, 1)
     base = vlm(**b)
     labels = b["labels"].clone()
     j = int((labels[0] == IGNORE).nonzero()[3])
@@ -76,13 +58,13 @@ def test_labels_masked_changes_loss(tiny_recipe, tiny_data):
     assert changed["n_tokens"] == base["n_tokens"] + 1 and changed["loss_sum"] != base["loss_sum"]
 
 
-def test_lora_is_identity_at_init(tiny_recipe, tiny_data):
+def test_lora_is_identity_at_init(tiny_recipe, mixed_batch):
     recipe = tiny_recipe()
     with_lora = VLM.from_recipe(recipe)
     recipe.methods = []
     plain = VLM.from_recipe(recipe)
     plain.connector.load_state_dict(with_lora.connector.state_dict())
-    b = _batch(plain, tiny_data)
+    b = mixed_batch(plain)
     a = with_lora(b["input_ids"], b["attention_mask"], pixel_values=b["pixel_values"])["logits"]
     c = plain(b["input_ids"], b["attention_mask"], pixel_values=b["pixel_values"])["logits"]
     assert torch.equal(a, c)

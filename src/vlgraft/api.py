@@ -60,7 +60,9 @@ class Model:
 
 
 def _as_list(images) -> list:
-    return [] if images is None else [images] if isinstance(images, (str, Path)) or hasattr(images, "mode") else list(images)
+    if images is None:
+        return []
+    return [images] if isinstance(images, (str, Path)) or hasattr(images, "mode") else list(images)
 
 
 def _path(image, where: str) -> str:

@@ -15,7 +15,7 @@ import re
 import sys
 from dataclasses import MISSING, dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Optional, Union
+from typing import Any, ClassVar
 
 import yaml
 
@@ -37,9 +37,9 @@ class VisionOptions(Part):
                        "transformers vision tower (CLIP, SigLIP, ViT, DINOv2)")
     feature_layer: int = option(-1, "which layer's features: hidden-state index for HF towers (LLaVA uses -2); "
                                 "for EfficientNet -1 is the head conv (1280 ch), k>=0 the output of block k")
-    grid: Optional[int] = option(None, "average-pool the patch tokens to grid x grid tokens; null keeps all", min=1)
-    image_size: Optional[int] = option(None, "input resolution in pixels; null uses the encoder's native size", min=1)
-    feature_layers: Optional[list[int]] = option(None, "several layers at once (same numbering as feature_layer), "
+    grid: int | None = option(None, "average-pool the patch tokens to grid x grid tokens; null keeps all", min=1)
+    image_size: int | None = option(None, "input resolution in pixels; null uses the encoder's native size", min=1)
+    feature_layers: list[int] | None = option(None, "several layers at once (same numbering as feature_layer), "
                                                  "merged by layer_merge; overrides feature_layer (LaVIN / "
                                                  "LLaMA-Adapter multi-scale features)")
     layer_merge: str = option("channels", "how feature_layers combine: channels (concatenate widths; token counts "
@@ -58,7 +58,7 @@ class LLMOptions(Part):
     registry: ClassVar = LLM
     name: str = option("smollm2-135m-instruct", "registered LLM name, or 'hf:<hub id or local dir>' for any "
                        "AutoModelForCausalLM")
-    system_prompt: Optional[str] = option(None, "system message for every conversation; null uses the chat "
+    system_prompt: str | None = option(None, "system message for every conversation; null uses the chat "
                                           "template's own default")
     dtype: str = option("float32", "dtype of the loaded weights", choices=("float32", "bfloat16", "float16"))
 
@@ -101,7 +101,7 @@ def options_for(base: type, name: str, **values) -> Part:
 
 # ----------------------------------------------------------------------------- recipe sections
 
-DataSource = Union[str, FormatOptions]
+DataSource = str | FormatOptions
 
 
 @dataclass
@@ -111,7 +111,7 @@ class ParamGroup:
                                "'connector.*', 'llm.*lora_*', 'vision.*'; a bare component name "
                                "(vision | connector | llm) means all its parameters; a method's name its "
                                "parameters (and '<method>.<group>' one of its groups)")
-    lr: Union[float, str] = option(1e-4, "peak learning rate of this group, or 'mm1': MM1's fit to the LLM's "
+    lr: float | str = option(1e-4, "peak learning rate of this group, or 'mm1': MM1's fit to the LLM's "
                                    "non-embedding parameter count N, exp(-0.4214 ln N - 0.5535), with weight decay "
                                    "0.1 x lr")
     weight_decay: float = option(0.0, "AdamW weight decay of this group (with lr: mm1, 0.1 x lr)", min=0)
@@ -120,17 +120,17 @@ class ParamGroup:
 @dataclass
 class MixSource:
     train: DataSource = option(MISSING, "a training data source, as data.train")
-    weight: Optional[float] = option(None, "sampling ratio against the other sources (e.g. 5, 5, 1); the source's "
+    weight: float | None = option(None, "sampling ratio against the other sources (e.g. 5, 5, 1); the source's "
                                      "records cycle, each pass reshuffled")
-    epochs: Optional[float] = option(None, "passes over this source instead of a weight (then every source gives "
+    epochs: float | None = option(None, "passes over this source instead of a weight (then every source gives "
                                      "epochs, and the run's length follows from them unless train.max_steps is set)")
-    image_root: Optional[str] = option(None, "as data.image_root, for this source")
-    limit: Optional[int] = option(None, "use only this source's first N records", min=1)
+    image_root: str | None = option(None, "as data.image_root, for this source")
+    limit: int | None = option(None, "use only this source's first N records", min=1)
 
 
 @dataclass
 class DataConfig:
-    train: Optional[DataSource] = option(None, "training data: a data format's options {name: coco, path: ...}, or "
+    train: DataSource | None = option(None, "training data: a data format's options {name: coco, path: ...}, or "
                                          "the short form 'name:arg' (easyvqa:train, coco:captions.json, ...), or a "
                                          "LLaVA conversation .json/.jsonl file; null: easyvqa:train, or data.mixture")
     mixture: list[MixSource] = option(factory=list, help="several training sources sampled by ratio or by epochs "
@@ -138,15 +138,15 @@ class DataConfig:
     group_by_modality: bool = option(False, "every global batch is all image-text or all text-only (needed by "
                                      "train.modality_groups; LLaVA-1.5's modality grouping)")
     eval: DataSource = option("easyvqa:test", "evaluation data, same forms as 'train'")
-    image_root: Optional[str] = option(None, "folder that relative 'image' paths are resolved against "
+    image_root: str | None = option(None, "folder that relative 'image' paths are resolved against "
                                        "(default: the data file's folder)")
     max_length: int = option(1024, "maximum tokens per sequence, visual tokens included", min=1)
     turns: str = option("conversation", "conversation: train on each record as one multi-turn chat; independent: "
                         "pack its question/answer pairs as independent single-turn questions that share the "
                         "image prefix (one image encoding per record, no answer visible to another question)",
                         choices=("conversation", "independent"))
-    limit: Optional[int] = option(None, "use only the first N training records", min=1)
-    describe_first: Optional[str] = option(None, "a request such as 'Describe the image.': every question about an "
+    limit: int | None = option(None, "use only the first N training records", min=1)
+    describe_first: str | None = option(None, "a request such as 'Describe the image.': every question about an "
                                            "image is asked behind a first exchange in which the model describes the "
                                            "image (LLaMA-Adapter V2's expert captions, the model as its own expert); "
                                            "training uses each record's gold 'description', eval and chat the "
@@ -157,24 +157,24 @@ class DataConfig:
 class TrainConfig:
     output_dir: str = option("runs/default", "run folder: checkpoints, metrics.jsonl, tensorboard")
     epochs: float = option(1.0, "passes over the training data (fractions allowed)", min=0)
-    max_steps: Optional[int] = option(None, "optimizer steps; overrides epochs when set", min=1)
+    max_steps: int | None = option(None, "optimizer steps; overrides epochs when set", min=1)
     batch_size: int = option(16, "micro-batch per process", min=1)
     grad_accum: int = option(1, "micro-batches per optimizer step (global batch = batch_size x grad_accum x "
                              "processes)", min=1)
     schedule: str = option("cosine", "learning-rate schedule (transformers.get_scheduler, with warm-up)",
                            choices=("cosine", "linear", "constant"))
     warmup_ratio: float = option(0.03, "fraction of steps with linear warm-up", min=0, max=1)
-    max_grad_norm: Optional[float] = option(1.0, "gradient clipping norm; null disables", min=0)
+    max_grad_norm: float | None = option(1.0, "gradient clipping norm; null disables", min=0)
     precision: str = option("bf16", "autocast precision, on CPU and GPU", choices=PRECISIONS)
     seed: int = option(0, "seed for initialisation, data order and dropout")
     feature_cache: bool = option(True, "cache frozen image-encoder features on disk (keyed by encoder, "
                                  "preprocessing and image bytes)")
     log_every: int = option(10, "optimizer steps between metric records", min=1)
-    save_every: Optional[int] = option(None, "optimizer steps between resumable checkpoints; null: only at the end",
+    save_every: int | None = option(None, "optimizer steps between resumable checkpoints; null: only at the end",
                                        min=1)
     keep_checkpoints: int = option(2, "resumable checkpoints kept (older ones are deleted)", min=1)
     num_workers: int = option(0, "DataLoader worker processes", min=0)
-    modality_groups: Optional[dict[str, list[str]]] = option(
+    modality_groups: dict[str, list[str]] | None = option(
         None, "joint training (LLaMA-Adapter V2): {image: [group names], text: [group names]} — an image-text "
         "batch steps only the 'image' groups, a text-only batch only the 'text' groups; needs data.group_by_modality")
 
@@ -183,14 +183,14 @@ class TrainConfig:
 class EvalConfig:
     batch_size: int = option(64, "questions per generation batch", min=1)
     max_new_tokens: int = option(8, "generation budget per answer", min=1)
-    limit: Optional[int] = option(None, "evaluate only the first N questions", min=1)
+    limit: int | None = option(None, "evaluate only the first N questions", min=1)
     describe_max_new_tokens: int = option(32, "generation budget per description (data.describe_first)", min=1)
     loss_records: int = option(0, "also report the held-out loss (teacher forcing) over the first N records", min=0)
     text: str = option("off", "text-only ability (perplexity, QA) before and after training: off | also | only "
                        "(skip VQA)", choices=("off", "also", "only"))
-    text_set: Optional[str] = option(None, "the text set (JSONL) for eval.text; null: the bundled one")
+    text_set: str | None = option(None, "the text set (JSONL) for eval.text; null: the bundled one")
     text_batch_size: int = option(16, "questions per batch of the text ability measure", min=1)
-    precision: Optional[str] = option(None, "precision of eval and chat; null: train.precision", choices=PRECISIONS)
+    precision: str | None = option(None, "precision of eval and chat; null: train.precision", choices=PRECISIONS)
 
 
 @dataclass
@@ -210,12 +210,13 @@ class Recipe:
     connector: ConnectorOptions = option(factory=lambda: options_for(ConnectorOptions, "mlp"),
                                          help="vision -> LLM connector")
     methods: list[MethodOptions] = option(factory=list, help="PEFT methods applied in order, each {name: ..., its "
-                                          "options}; e.g. {name: lora, r: 16, alpha: 32, target_modules: [q_proj, v_proj]}")
+                                          "options}; e.g. {name: lora, r: 16, alpha: 32, "
+                                          "target_modules: [q_proj, v_proj]}")
     trainable: list[ParamGroup] = option(factory=lambda: [ParamGroup(name="connector", params=["connector"], lr=1e-3)],
                                          help="parameter groups that train; everything else is frozen")
-    vision_hr: Optional[VisionOptions] = option(None, "a second, high-resolution image encoder (Mini-Gemini); used "
+    vision_hr: VisionOptions | None = option(None, "a second, high-resolution image encoder (Mini-Gemini); used "
                                                 "by the patch_mining connector")
-    init_from: Optional[str] = option(None, "a previous run or checkpoint (e.g. stage 1 of a curriculum) whose trained "
+    init_from: str | None = option(None, "a previous run or checkpoint (e.g. stage 1 of a curriculum) whose trained "
                                       "weights initialise this model; kept as a reference: this run's checkpoint holds "
                                       "only its own trainable parameters and eval/chat load the chain")
     data: DataConfig = option(factory=DataConfig, help="data")
@@ -387,9 +388,11 @@ def _check_modality_groups(r: Recipe, group_names: list[str], source: str) -> No
     if mg is None:
         return
     if set(mg) != {"image", "text"}:
-        raise ConfigError(f"{source}: train.modality_groups needs exactly the keys 'image' and 'text', got {sorted(mg)}")
+        raise ConfigError(f"{source}: train.modality_groups needs exactly the keys 'image' and 'text', "
+                          f"got {sorted(mg)}")
     if not r.data.group_by_modality:
-        raise ConfigError(f"{source}: train.modality_groups needs data.group_by_modality: true (one modality per batch)")
+        raise ConfigError(f"{source}: train.modality_groups needs data.group_by_modality: true "
+                          "(one modality per batch)")
     for k, names in mg.items():
         unknown = [n for n in names if n not in group_names]
         if unknown:

@@ -51,7 +51,8 @@ def _single(vlm, items, cache, batch_size, max_new_tokens, precision, desc, show
     for s in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not show):
         idx = order[s: s + batch_size]
         batch = [{"input_ids": prompts[i], **image_input(items[i]["record"], cache, vlm.vision)} for i in idx]
-        inp = {k: v.to(device) if v is not None else None for k, v in collate(batch, tok.pad_token_id, left=True).items()}
+        inp = collate(batch, tok.pad_token_id, left=True)
+        inp = {k: v.to(device) if v is not None else None for k, v in inp.items()}
         with autocast(device, precision):
             new = vlm.generate(**inp, max_new_tokens=max_new_tokens)
         for i, seq in zip(idx, new):

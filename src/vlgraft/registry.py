@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from vlgraft.errors import VlgraftError
 
@@ -76,7 +77,8 @@ class Registry(Generic[T]):
         """The options class of the part ``name``."""
         key = self._key(name)
         if self._options[key] is None:
-            raise ValueError(f"{self.kind} {key!r} was registered without an options class (an Options attribute or options=)")
+            raise ValueError(f"{self.kind} {key!r} was registered without an options class "
+                             "(an Options attribute or options=)")
         return self._options[key]
 
     def names(self) -> list[str]:

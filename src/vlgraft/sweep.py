@@ -19,7 +19,8 @@ A sweep file (YAML)::
 The file is loaded into ``SweepFile`` by the recipe's typed loader (unknown keys named, types checked).
 Every variant's recipe is resolved with ``load_recipe(base, overrides)`` before anything trains, so
 an unknown key fails by name. Each variant trains and is evaluated in a child process
-(``vlgraft.runner``; memory is returned between variants) into ``out/<variant>``; a finished variant is skipped on the next run
+(``vlgraft.runner``; memory is returned between variants) into ``out/<variant>``; a finished variant
+is skipped on the next run
 unless its resolved recipe changed or ``--overwrite`` is given; a failing one is recorded with its
 one-line error and the sweep goes on. Results: ``out/sweep.json``, ``out/sweep.md``, ``out/loss.png``.
 """
@@ -34,7 +35,6 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Optional
 
 from vlgraft.errors import ConfigError, VlgraftError
 from vlgraft.files import read_json, write_json, write_text_atomic
@@ -42,13 +42,12 @@ from vlgraft.options import load, option, to_dict
 from vlgraft.runner import eval_figures, train_and_evaluate, training_figures
 
 
-
 @dataclasses.dataclass
 class SweepEval:
-    limit: Optional[int] = option(None, "evaluate on the first N questions (eval.limit)", min=1)
+    limit: int | None = option(None, "evaluate on the first N questions (eval.limit)", min=1)
     loss_records: int = option(0, "held-out loss over the first N records (eval.loss_records)", min=0)
-    batch_size: Optional[int] = option(None, "questions per generation batch (eval.batch_size)", min=1)
-    data: Optional[str] = option(None, "eval data, a data source (data.eval)")
+    batch_size: int | None = option(None, "questions per generation batch (eval.batch_size)", min=1)
+    data: str | None = option(None, "eval data, a data source (data.eval)")
     text: bool = option(False, "also the text ability before and after training (eval.text: also)")
 
     def overrides(self) -> list[str]:
@@ -64,10 +63,10 @@ class SweepFile:
     base: str = option(dataclasses.MISSING, "the base recipe file (relative to the working folder, else to the "
                        "sweep file)")
     overrides: dict = option(factory=dict, help="{dotted.recipe.key: value} applied to every variant")
-    variants: Optional[dict] = option(None, "named override sets {NAME: {dotted.recipe.key: value}}")
+    variants: dict | None = option(None, "named override sets {NAME: {dotted.recipe.key: value}}")
     grid: dict = option(factory=dict, help="axes: {recipe.key: [values]} or {name: {value name: overrides}}")
     eval: SweepEval = option(factory=SweepEval, help="how each variant is evaluated")
-    out: Optional[str] = option(None, "the sweep's folder (default: runs/sweeps/<file stem>)")
+    out: str | None = option(None, "the sweep's folder (default: runs/sweeps/<file stem>)")
 
 
 @dataclasses.dataclass
@@ -268,10 +267,10 @@ def table_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     for r in results:
         ok = r.get("status") == "ok"
 
-        def num(k, f="{:.4f}"):
+        def num(k, f="{:.4f}", r=r, ok=ok):
             return f.format(r[k]) if ok and r.get(k) is not None else "-"
-        row = [r["name"], r.get("status", "not run"), _fmt_params(r.get("trainable_params")), num("samples_per_s", "{:.2f}"),
-               num("final_train_loss"), num("val_loss"), num("accuracy", "{:.2%}"),
+        row = [r["name"], r.get("status", "not run"), _fmt_params(r.get("trainable_params")),
+               num("samples_per_s", "{:.2f}"), num("final_train_loss"), num("val_loss"), num("accuracy", "{:.2%}"),
                *(f"{r['by_type'][t]:.1%}" if ok and t in r["by_type"] else "-" for t in types)]
         if text:
             t = r.get("text_ability")
@@ -290,7 +289,8 @@ def markdown(sweep: Sweep, results: list[dict]) -> str:
     failed = [r for r in results if r.get("status") == "failed"]
     if failed:
         lines += ["", "Failed:", ""] + [f"- {r['name']}: {r['error']}" for r in failed]
-    lines += ["", "Overrides per variant:", ""] + [f"- {r['name']}: `{' '.join(r['overrides']) or '(none)'}`" for r in results]
+    lines += ["", "Overrides per variant:", ""]
+    lines += [f"- {r['name']}: `{' '.join(r['overrides']) or '(none)'}`" for r in results]
     return "\n".join(lines) + "\n"
 
 
@@ -372,7 +372,8 @@ def run_sweep(path: str | Path, only: list[str] | None = None, overwrite: bool =
     plotted = plot(results, sweep.out / "loss.png", f"training loss: {sweep.path.name}", console)
     head, rows = table_rows(results)
     _print_table(head, rows, f"sweep {sweep.path}", console)
-    console.print(f"wrote {sweep.out / 'sweep.json'}, {sweep.out / 'sweep.md'}" + (f", {sweep.out / 'loss.png'}" if plotted else ""))
+    console.print(f"wrote {sweep.out / 'sweep.json'}, {sweep.out / 'sweep.md'}"
+                  + (f", {sweep.out / 'loss.png'}" if plotted else ""))
     return results
 
 

@@ -1,7 +1,6 @@
 """Two-layer GELU MLP per token (LLaVA-1.5): ``[B, N, Dv] -> [B, N, Dl]``."""
 
 from dataclasses import dataclass
-from typing import Optional
 
 from torch import nn
 
@@ -13,7 +12,7 @@ from vlgraft.registry import CONNECTOR
 
 @dataclass
 class MLPOptions(ConnectorOptions):
-    hidden_dim: Optional[int] = option(None, "hidden width; null: the LLM's hidden size", min=1)
+    hidden_dim: int | None = option(None, "hidden width; null: the LLM's hidden size", min=1)
 
 
 @CONNECTOR.register("mlp")

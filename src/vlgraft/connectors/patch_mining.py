@@ -10,7 +10,6 @@ low-res ones. A two-layer GELU MLP then maps them into the LLM: ``[B, N_lr + N_h
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +24,7 @@ from vlgraft.registry import CONNECTOR
 
 @dataclass
 class PatchMiningOptions(ConnectorOptions):
-    hidden_dim: Optional[int] = option(None, "width of the mining attention and of the MLP's hidden layer (null: "
+    hidden_dim: int | None = option(None, "width of the mining attention and of the MLP's hidden layer (null: "
                                        "the low-res feature width, and the LLM's hidden size)", min=1)
 
 

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from vlgraft.data.records import IMAGE_PLACEHOLDER, Record
 
 STOPWORDS = frozenset(
-    "a an the and or of in on at to for with by from as is are was were be been it its this that these those there "
-    "here what which who whom whose how why when where do does did not no yes any some one image picture photo "
-    "shown show shows you your i me my we our they them their he she his her can could would should will very "
-    "about into onto over under than then so such also just only".split())
+    ["a", "an", "the", "and", "or", "of", "in", "on", "at", "to", "for", "with", "by", "from", "as", "is", "are",
+     "was", "were", "be", "been", "it", "its", "this", "that", "these", "those", "there", "here", "what", "which",
+     "who", "whom", "whose", "how", "why", "when", "where", "do", "does", "did", "not", "no", "yes", "any", "some",
+     "one", "image", "picture", "photo", "shown", "show", "shows", "you", "your", "i", "me", "my", "we", "our",
+     "they", "them", "their", "he", "she", "his", "her", "can", "could", "would", "should", "will", "very", "about",
+     "into", "onto", "over", "under", "than", "then", "so", "such", "also", "just", "only"])
 _CAPTION_Q = re.compile(r"\b(describe|description|caption)\b", re.I)
 NEGATION = re.compile(r"\b(not|no|nothing|none|neither|nor|without|never|isn't|aren't|doesn't|don't|can't)\b", re.I)
 

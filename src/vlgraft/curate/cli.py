@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from vlgraft.errors import VlgraftError
 from vlgraft.options import add_arguments, from_arguments, option
@@ -13,12 +12,12 @@ from vlgraft.options import add_arguments, from_arguments, option
 class GeneratorOptions:
     generator: str = option("local", "local: a causal LM run here; openai: any OpenAI-compatible chat-completions "
                             "endpoint", choices=("local", "openai"))
-    model: Optional[str] = option(None, "local: smollm2-135m-instruct (default) or hf:<id or dir>; openai: the "
+    model: str | None = option(None, "local: smollm2-135m-instruct (default) or hf:<id or dir>; openai: the "
                                   "model name")
     base_url: str = option("https://api.openai.com/v1", "openai: endpoint base URL, up to /v1")
     api_key_env: str = option("OPENAI_API_KEY", "openai: environment variable holding the API key")
     timeout: float = option(120.0, "openai: seconds per request", min=0)
-    device: Optional[str] = option(None, "local: torch device (default: cuda if available)")
+    device: str | None = option(None, "local: torch device (default: cuda if available)")
 
 
 def cmd_curate(args) -> None:
@@ -43,7 +42,8 @@ def register(sub) -> None:
     c = sub.add_parser("curate", help="turn annotations into instruction-following conversations with an LLM",
                        description="Generate LLaVA-style conversation / detail / reasoning data from a data set's "
                                    "annotations, filter it, and write canonical JSONL plus a report (docs/CURATE.md).")
-    c.add_argument("data", metavar="DATA_SPEC", help="any data source: easyvqa:train, a LLaVA .json/.jsonl, coco:..., ...")
+    c.add_argument("data", metavar="DATA_SPEC",
+                   help="any data source: easyvqa:train, a LLaVA .json/.jsonl, coco:..., ...")
     c.add_argument("--out", required=True, help="output conversations (.jsonl); the report goes next to it")
     add_arguments(c, CurateConfig, skip=("spec", "out"))
     add_arguments(c, GeneratorOptions)

@@ -3,7 +3,8 @@
 Checks, in order (the first that fails is the reason): ``unparseable`` (no complete Q/A pair; a
 conversation needs two), ``length`` (word count outside the kind's bounds), ``repetition`` (too
 many repeated word 3-grams), ``mentions_source`` (talks about the annotation, caption, question or
-answer instead of the image, or, after refining, about its own edits), ``copies_example`` (mostly a copy of a few-shot example),
+answer instead of the image, or, after refining, about its own edits), ``copies_example`` (mostly a
+copy of a few-shot example),
 ``missing_key_term`` (does not mention the record's name or a short answer), ``off_topic`` (no
 key terms: shares too few words with the annotation), ``contradicts_annotation`` (uses a colour /
 shape / label from the data set that this record's annotation never mentions, or states one that

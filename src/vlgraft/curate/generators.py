@@ -43,7 +43,8 @@ class LocalGenerator:
         from vlgraft.models.llm import build_llm
 
         dev = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.llm = build_llm(options_for(LLMOptions, self.model_name, dtype="bfloat16" if dev.type == "cuda" else "float32"))
+        dtype = "bfloat16" if dev.type == "cuda" else "float32"
+        self.llm = build_llm(options_for(LLMOptions, self.model_name, dtype=dtype))
         self.llm.model.to(dev).eval()
         self.llm.tokenizer.padding_side = "left"
         return self.llm
@@ -55,7 +56,8 @@ class LocalGenerator:
         tok = llm.tokenizer
         texts = [llm.render(m, add_generation_prompt=True) for m in prompts]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(llm.model.device)
-        sample = {"do_sample": True, "temperature": temperature, "top_p": 0.9} if temperature > 0 else {"do_sample": False}
+        sample = ({"do_sample": True, "temperature": temperature, "top_p": 0.9} if temperature > 0
+                  else {"do_sample": False})
         torch.manual_seed(seed)
         with torch.no_grad():
             out = llm.model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=llm.stop_token_ids,

@@ -19,7 +19,6 @@ import time
 from collections import Counter
 from dataclasses import MISSING, asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 from vlgraft.curate.annotation import Annotation, answer_vocab, extract
 from vlgraft.curate.filters import LENGTH, MAX_COPY, MAX_REPEAT, MIN_PAIRS, REASONS, Deduper, check, joined, parse
@@ -41,8 +40,8 @@ class CurateConfig:
     spec: str = option(MISSING, "any data source: easyvqa:train, a LLaVA .json/.jsonl, coco:..., ...")
     out: Path = option(MISSING, "output conversations (.jsonl); the report goes next to it")
     kinds: tuple[str, ...] = option(KINDS, f"the kinds to generate, comma-separated ({', '.join(KINDS)})")
-    limit: Optional[int] = option(None, "only the first N source records", min=1)
-    image_root: Optional[str] = option(None, "folder that relative image paths resolve against")
+    limit: int | None = option(None, "only the first N source records", min=1)
+    image_root: str | None = option(None, "folder that relative image paths resolve against")
     refine: bool = option(False, "second pass: the generator corrects each kept output (MiniGPT-4)")
     max_new_tokens: int = option(256, "per generation", min=1)
     temperature: float = option(0.7, "sampling temperature, 0 is greedy", min=0)
@@ -279,8 +278,8 @@ def _report(cfg, settings, generator, records, lines, pools, kinds, out) -> dict
         "total": {"generated": gen, "kept": kept, "kept_fraction": round(kept / gen, 4) if gen else 0.0},
         "kinds": per, "seconds": round(seconds, 1),
         "seconds_per_record": round(seconds / max(1, len(records) - skipped), 3),
-        "filters": {"reasons": list(REASONS), "length": {k: list(LENGTH[k]) for k in kinds}, "min_pairs": MIN_PAIRS, "max_repeat_3gram": MAX_REPEAT,
-                    "max_copy_3gram": MAX_COPY, "refine": cfg.refine},
+        "filters": {"reasons": list(REASONS), "length": {k: list(LENGTH[k]) for k in kinds}, "min_pairs": MIN_PAIRS,
+                    "max_repeat_3gram": MAX_REPEAT, "max_copy_3gram": MAX_COPY, "refine": cfg.refine},
         "seed_pools": {k: [asdict(e) for e in SEEDS[k]] for k in kinds},
         "final_pools": {k: pools[k].to_json() for k in kinds},
         "dropped_examples": examples,

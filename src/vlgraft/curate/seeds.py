@@ -60,12 +60,14 @@ DETAIL_INSTRUCTIONS = (
     "Tell me about this image in as much detail as you can.",
 )
 
-_A_SHAPES = "Q: What shape is in the image? A: triangle\nQ: What color is the shape? A: green\nQ: Is there a blue shape? A: no"
-_A_EMOJI = ("Name: smiling face with sunglasses\nAlso called: sunglasses, cool\nCategory: Smileys & Emotion / face-glasses\n"
-            "Caption: a yellow smiling face wearing dark sunglasses")
+_A_SHAPES = ("Q: What shape is in the image? A: triangle\nQ: What color is the shape? A: green\n"
+             "Q: Is there a blue shape? A: no")
+_A_EMOJI = ("Name: smiling face with sunglasses\nAlso called: sunglasses, cool\n"
+            "Category: Smileys & Emotion / face-glasses\nCaption: a yellow smiling face wearing dark sunglasses")
 _A_PHOTO = ("Caption: a man in a yellow raincoat rides a bicycle down a wet street\n"
             "Caption: a cyclist passes a row of parked cars in the rain")
-_A_OBJECT = "Name: teapot\nCategory: Objects / kitchenware\nQ: What is the object made of? A: porcelain\nQ: Is it on a table? A: yes"
+_A_OBJECT = ("Name: teapot\nCategory: Objects / kitchenware\nQ: What is the object made of? A: porcelain\n"
+             "Q: Is it on a table? A: yes")
 
 SEEDS: dict[str, list[Example]] = {
     "conversation": [
@@ -78,8 +80,8 @@ SEEDS: dict[str, list[Example]] = {
         Example(_A_PHOTO, "Q: What is the man doing?\nA: He is riding a bicycle down the street.\n"
                           "Q: What is the weather like?\nA: It is raining; the street is wet and he wears a raincoat.\n"
                           "Q: What is next to him?\nA: A row of parked cars lines the street."),
-        Example(_A_OBJECT, "Q: What object is this?\nA: It is a teapot.\nQ: What is it made of?\nA: It is made of porcelain.\n"
-                           "Q: Where is it standing?\nA: It stands on a table."),
+        Example(_A_OBJECT, "Q: What object is this?\nA: It is a teapot.\nQ: What is it made of?\n"
+                           "A: It is made of porcelain.\nQ: Where is it standing?\nA: It stands on a table."),
     ],
     "detail": [
         Example(_A_SHAPES, "The image shows one shape, a green triangle, drawn on a plain background. The triangle "
@@ -95,9 +97,9 @@ SEEDS: dict[str, list[Example]] = {
     "reasoning": [
         Example(_A_SHAPES, "Q: If you wanted to draw a second shape of the same color, which crayon would you pick?\n"
                            "A: The triangle in the picture is green, so you would pick the green crayon to match it."),
-        Example(_A_EMOJI, "Q: When would someone send this emoji?\nA: The face wears sunglasses and smiles calmly, which "
-                          "reads as cool and confident, so people send it when they are pleased with themselves or "
-                          "want to say that something is cool."),
+        Example(_A_EMOJI, "Q: When would someone send this emoji?\nA: The face wears sunglasses and smiles calmly, "
+                          "which reads as cool and confident, so people send it when they are pleased with "
+                          "themselves or want to say that something is cool."),
         Example(_A_PHOTO, "Q: Why is the man wearing a raincoat?\nA: The street is wet and it is raining, so he wears "
                           "a raincoat to stay dry while he rides his bicycle."),
         Example(_A_OBJECT, "Q: What would you use this object for?\nA: It is a teapot, so it is used to brew tea and "

@@ -2,7 +2,8 @@
 
 Key = the encoder's ``cache_key`` (weights, feature layer, resolution, normalisation, pooling), the
 image loader's version and the SHA-1 of the image file's bytes, so a changed image, encoder setting
-or image loading is never served a stale entry. One small safetensors file per image, written atomically (temp file + rename), so
+or image loading is never served a stale entry. One small safetensors file per image, written
+atomically (temp file + rename), so
 concurrent processes and interrupted runs never leave a half-written entry.
 """
 

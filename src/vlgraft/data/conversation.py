@@ -78,7 +78,8 @@ def tokenize_document(rec: Record, llm: LanguageModel, n_img: int, max_length: i
                     rec.where, cut, n_images, len(starts))
     labels = [IGNORE if t == IMAGE_TOKEN_ID else t for t in ids]
     if sum(lab != IGNORE for lab in labels[1:]) == 0:
-        raise DataError(f"{rec.where}: the document has no text token to learn from within data.max_length={max_length}")
+        raise DataError(f"{rec.where}: the document has no text token to learn from within "
+                        f"data.max_length={max_length}")
     return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "n_images": n_images}
 
 
@@ -103,7 +104,8 @@ def tokenize_conversation(rec: Record, llm: LanguageModel, n_img: int, max_lengt
     return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
 
 
-def tokenize_prompt(turns: list[tuple[str, str]], llm: LanguageModel, n_img: int, where: str = "prompt") -> torch.Tensor:
+def tokenize_prompt(turns: list[tuple[str, str]], llm: LanguageModel, n_img: int,
+                    where: str = "prompt") -> torch.Tensor:
     """Inference prompt: the conversation so far plus the generation prompt."""
     ids: list[int] = []
     for text, _ in _segments(turns, llm, True, where):
@@ -170,7 +172,8 @@ def tokenize_independent(rec: Record, llm: LanguageModel, n_img: int, max_length
         p -= 1
     if rec.has_image and IMAGE_TOKEN_ID in ids0[p:].tolist():
         raise DataError(f"{rec.where}: questions do not share the image prefix; use data.turns=conversation")
-    ids, labels, pos, seg = [ids0[:p]], [singles[0]["labels"][:p]], [torch.arange(p)], [torch.zeros(p, dtype=torch.long)]
+    ids, labels = [ids0[:p]], [singles[0]["labels"][:p]]
+    pos, seg = [torch.arange(p)], [torch.zeros(p, dtype=torch.long)]
     total, kept = p, 0
     if p > max_length:
         raise DataError(f"{rec.where}: the shared prefix ({p} tokens) exceeds data.max_length={max_length}")

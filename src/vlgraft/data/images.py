@@ -6,7 +6,6 @@ from PIL import Image, UnidentifiedImageError
 
 from vlgraft.errors import DataError
 
-
 # Part of the feature-cache key: bump when the pixels load_image returns for the same file change.
 LOADER_VERSION = 2  # 2: transparency composited onto white
 

@@ -44,7 +44,8 @@ def load_training_data(data: DataConfig) -> tuple[list[Record], list[Source]]:
         recs = load_records(m.train, m.image_root or data.image_root, m.limit)
         if not recs:
             raise ConfigError(f"data.mixture[{i}] ({m.train}): no records")
-        sources.append(Source(str(m.train), len(records), len(recs), share * len(recs) if m.epochs is not None else share))
+        weight = share * len(recs) if m.epochs is not None else share
+        sources.append(Source(str(m.train), len(records), len(recs), weight))
         records += recs
     dup = first_duplicate(records)
     if dup is not None:
@@ -92,7 +93,8 @@ class SourceStreams:
         return out
 
 
-def pools_for(n: int, sources: list[Source] | None, is_image: torch.Tensor | None) -> tuple[list[torch.Tensor], list[float]]:
+def pools_for(n: int, sources: list[Source] | None,
+              is_image: torch.Tensor | None) -> tuple[list[torch.Tensor], list[float]]:
     """Index pools and weights: one per source, each split into its image-text and text-only parts
     when batches are grouped by modality (weights split by the parts' sizes)."""
     sources = sources or [Source("", 0, n, 1.0)]

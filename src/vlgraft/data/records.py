@@ -104,7 +104,8 @@ def parse_record(raw: dict, index: int, source: str, image_root: Path | None) ->
         if not isinstance(image_text, str) or not image_text.strip():
             raise DataError(f"{where}: 'image_text' must be a non-empty string")
         if n_ph != 1:
-            raise DataError(f"{where}: has an 'image_text' but {n_ph} {IMAGE_PLACEHOLDER} placeholders (need exactly 1)")
+            raise DataError(f"{where}: has an 'image_text' but {n_ph} {IMAGE_PLACEHOLDER} placeholders "
+                            "(need exactly 1)")
     elif image is None:
         if n_ph:
             raise DataError(f"{where}: has an {IMAGE_PLACEHOLDER} placeholder but no 'image'")

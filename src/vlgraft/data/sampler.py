@@ -32,7 +32,8 @@ class MicroBatches(torch.utils.data.Sampler):
         self.grouped = is_image is not None
         self.streams = None
         if self.grouped or (sources and len(sources) > 1):
-            pools, weights = pools_for(self.n, sources, None if is_image is None else torch.tensor(is_image, dtype=torch.bool))
+            flags = None if is_image is None else torch.tensor(is_image, dtype=torch.bool)
+            pools, weights = pools_for(self.n, sources, flags)
             self.streams = SourceStreams(pools, weights, seed, unit=self.global_batch if self.grouped else 1)
             self.steps_per_epoch = group  # one block
         else:

@@ -31,8 +31,8 @@ from rich.table import Table
 
 from vlgraft.data.records import Record
 from vlgraft.errors import DataError
-from vlgraft.files import iter_jsonl
 from vlgraft.eval.vqa import heldout_nll, normalize
+from vlgraft.files import iter_jsonl
 from vlgraft.inference import device_of, generate_answers
 
 BUNDLED_TEXT_SET = Path(__file__).resolve().parent.parent / "data" / "bundled" / "text_eval.jsonl"
@@ -76,7 +76,8 @@ def load_text_set(path: str | Path | None = None) -> TextSet:
             ppl.append(Record(rid, turns, source=where))
         elif kind == "qa":
             answers = raw.get("answers")
-            if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and normalize(a) for a in answers):
+            if (not isinstance(answers, list) or not answers
+                    or not all(isinstance(a, str) and normalize(a) for a in answers)):
                 raise DataError(f"{where}: 'answers' must be a non-empty list of non-empty strings")
             qa.append({"id": rid, "question": _text(raw, "question", where), "answers": answers, "where": where})
         else:
@@ -154,7 +155,8 @@ def _before_key(recipe, ts: TextSet, precision: str, device: torch.device, max_n
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def before_after(vlm, recipe, text_set: TextSet | str | Path | None = None, batch_size: int = 16, max_new_tokens: int = 16,
+def before_after(vlm, recipe, text_set: TextSet | str | Path | None = None, batch_size: int = 16,
+                 max_new_tokens: int = 16,
                  precision: str = "fp32", use_cache: bool = True, console: Console | None = None) -> dict:
     """``{before, after, change}`` for trained ``vlm`` against the base LLM of ``recipe``; also the
     per-question predictions under ``predictions``."""
@@ -166,7 +168,8 @@ def before_after(vlm, recipe, text_set: TextSet | str | Path | None = None, batc
     device = next(vlm.parameters()).device
     kw = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "precision": precision,
           "max_length": recipe.data.max_length}
-    cache = cache_root() / "text_ability" / f"{_before_key(recipe, ts, precision, device, max_new_tokens, recipe.data.max_length)}.json"
+    key = _before_key(recipe, ts, precision, device, max_new_tokens, recipe.data.max_length)
+    cache = cache_root() / "text_ability" / f"{key}.json"
     before = read_json(cache) if use_cache and cache.is_file() else None
     if before is None:
         console.print(f"text ability: base LLM {recipe.llm.name} (before)")

@@ -155,9 +155,11 @@ def evaluate(vlm, data: DataConfig, cfg: EvalConfig, precision: str = "bf16", ou
         if it["record"].id in description_of:
             rows[-1]["description"] = description_of[it["record"].id]
     result = {
-        "data": data.eval if isinstance(data.eval, str) else to_dict(data.eval), "n": len(items), "accuracy": by_type["all"][0] / max(1, by_type["all"][1]),
+        "data": data.eval if isinstance(data.eval, str) else to_dict(data.eval), "n": len(items),
+        "accuracy": by_type["all"][0] / max(1, by_type["all"][1]),
         "f1": by_type["all"][2] / max(1, by_type["all"][1]),
-        "by_type": {k: {"n": n, "correct": c, "accuracy": c / n, "f1": f / n} for k, (c, n, f) in sorted(by_type.items())},
+        "by_type": {k: {"n": n, "correct": c, "accuracy": c / n, "f1": f / n}
+                    for k, (c, n, f) in sorted(by_type.items())},
         "seconds": elapsed, "questions_per_s": len(items) / max(elapsed, 1e-9), "precision": precision,
         "turns": turns,
     }
@@ -174,7 +176,8 @@ def evaluate(vlm, data: DataConfig, cfg: EvalConfig, precision: str = "bf16", ou
     console.print(table)
     if described is not None:
         d = result["describe_first"]
-        gold = f", {100 * d['gold_match']:.2f}% equal to the gold one ({d['with_gold']} images)" if d["with_gold"] else ""
+        gold = (f", {100 * d['gold_match']:.2f}% equal to the gold one ({d['with_gold']} images)"
+                if d["with_gold"] else "")
         console.print(f"described first ({request!r}): {d['described']} images{gold}")
     if out_path is not None:
         write_result(Path(out_path), result, rows, ".predictions.jsonl")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +28,15 @@ from vlgraft.config import MethodOptions
 from vlgraft.errors import ConfigError
 from vlgraft.methods.attention import enable as enable_attention_hooks
 from vlgraft.methods.base import Method, current_context
-from vlgraft.models.anatomy import (attention_of, decoder_layers, kv_dtype, linear_layers, norm_parameters, num_heads,
-                                    project_kv)
+from vlgraft.models.anatomy import (
+    attention_of,
+    decoder_layers,
+    kv_dtype,
+    linear_layers,
+    norm_parameters,
+    num_heads,
+    project_kv,
+)
 from vlgraft.options import option
 from vlgraft.registry import METHOD
 
@@ -57,7 +63,7 @@ class GatedPrompt(nn.Module):
             p = p + ctx.visual_per_sample().mean(1, keepdim=True).to(p.dtype)  # zero for text-only samples
         return p, None
 
-    def forward(self, attn: nn.Module, query: torch.Tensor, scaling: Optional[float]) -> torch.Tensor:
+    def forward(self, attn: nn.Module, query: torch.Tensor, scaling: float | None) -> torch.Tensor:
         b, h, t, d = query.shape
         toks, keep = self.tokens(b)
         if toks is None:
@@ -95,7 +101,7 @@ class BiasScale(nn.Module):
 @dataclass
 class LlamaAdapterOptions(MethodOptions):
     prompt_len: int = option(10, "K adaptation prompts per adapted layer", min=1)
-    layers: Optional[int] = option(None, "the top L layers get prompts (null: all)", min=1)
+    layers: int | None = option(None, "the top L layers get prompts (null: all)", min=1)
     multimodal: bool = option(True, "add the global image feature to every prompt (V1's visual path); the image "
                               "then does not enter the token sequence")
     init_std: float = option(0.02, "standard deviation of the prompts' initialisation", min=0)
@@ -109,14 +115,14 @@ class LlamaAdapter(Method):
     def consumes_visual(self) -> bool:
         return self.cfg.multimodal
 
-    def _top_layers(self, vlm, n: Optional[int]) -> list[nn.Module]:
+    def _top_layers(self, vlm, n: int | None) -> list[nn.Module]:
         layers = list(decoder_layers(vlm.llm.model))
         n = len(layers) if n is None else n
         if not 0 < n <= len(layers):
             raise ConfigError(f"{self.name}: layers must be 1..{len(layers)}, got {n}")
         return layers[len(layers) - n:]
 
-    def _add_prompts(self, vlm, n: Optional[int], source: str) -> None:
+    def _add_prompts(self, vlm, n: int | None, source: str) -> None:
         """Gated static prompts (plus the global image feature for ``static+global``) in the top n layers."""
         hidden = vlm.llm.hidden_size
         for layer in self._top_layers(vlm, n):
@@ -132,7 +138,7 @@ class LlamaAdapter(Method):
 @dataclass
 class LlamaAdapterV2Options(MethodOptions):
     prompt_len: int = option(10, "K adaptation prompts per adapted layer", min=1)
-    layers: Optional[int] = option(None, "the top L layers get static prompts (null: all but the fusion layers)",
+    layers: int | None = option(None, "the top L layers get static prompts (null: all but the fusion layers)",
                                    min=0)
     fusion_layers: int = option(1, "the first layers, which attend to the visual tokens (early fusion)", min=1)
     bias_scale: bool = option(True, "a learnable bias (0) and scale (1) on every linear layer of the LLM")
@@ -163,7 +169,7 @@ class LlamaAdapterV2(LlamaAdapter):
             _attach(attn, "vlgraft_visual", GatedPrompt(num_heads(attn)[0], source="visual"))
         if self.cfg.bias_scale:
             head = model.get_output_embeddings()
-            for name, lin in linear_layers(model, exclude=(head,)):
+            for _, lin in linear_layers(model, exclude=(head,)):
                 width = lin.weight.shape[0] if isinstance(lin, nn.Linear) else lin.weight.shape[1]
                 bs = BiasScale(width).to(device=lin.weight.device)
                 lin.add_module("vlgraft_bias_scale", bs)

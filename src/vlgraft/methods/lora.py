@@ -8,7 +8,7 @@ Both merge into the base weights (``merge``, for export).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 from torch import nn
 
@@ -47,7 +47,7 @@ class LoraOptions(MethodOptions):
                                        help="names of the linear layers that get an update")
     target: str = option("llm", "which model: the LLM or the vision tower", choices=_TARGETS)
     use_dora: bool = option(False, "DoRA: a learned magnitude per output (weight-decomposed LoRA)")
-    layers: Optional[list[int]] = option(None, "only these block indices (negative: from the top); null: all")
+    layers: list[int] | None = option(None, "only these block indices (negative: from the top); null: all")
 
 
 @METHOD.register("lora")
@@ -80,7 +80,7 @@ class LoRA(Method):
 class IA3Options(MethodOptions):
     target_modules: list[str] = option(factory=lambda: ["k_proj", "v_proj", "down_proj"],
                                        help="layers whose outputs (or, for feed-forward ones, inputs) are rescaled")
-    feedforward_modules: Optional[list[str]] = option(factory=lambda: ["down_proj"],
+    feedforward_modules: list[str] | None = option(factory=lambda: ["down_proj"],
                                                       help="those of target_modules rescaled on their input")
     target: str = option("llm", "which model: the LLM or the vision tower", choices=_TARGETS)
 

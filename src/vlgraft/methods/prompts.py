@@ -9,7 +9,6 @@ attention function (same softmax as the sequence), so they work with packed turn
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
@@ -26,7 +25,7 @@ from vlgraft.registry import METHOD
 @dataclass
 class PromptTuningOptions(MethodOptions):
     num_virtual_tokens: int = option(20, "soft tokens placed before the sequence", min=1)
-    init_text: Optional[str] = option(None, "initialise from this text's token embeddings (repeated to length); "
+    init_text: str | None = option(None, "initialise from this text's token embeddings (repeated to length); "
                                       "null: sampled vocabulary embeddings")
 
 

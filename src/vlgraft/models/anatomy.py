@@ -100,7 +100,7 @@ def project_kv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 def kv_dtype(attn: nn.Module) -> torch.dtype:
     """The dtype of the attention's key projection (the frozen weights' dtype)."""
-    proj = getattr(attn, "k_proj", None) or getattr(attn, "c_attn")
+    proj = getattr(attn, "k_proj", None) or attn.c_attn
     return proj.weight.dtype
 
 
@@ -110,7 +110,8 @@ def is_norm(mod: nn.Module) -> bool:
 
 def norm_parameters(root: nn.Module, prefix: str = "") -> list[str]:
     """Names (under ``prefix``) of the parameters of every normalisation layer below ``root``."""
-    return [f"{prefix}{n}.{p}" for n, m in root.named_modules() if is_norm(m) for p, _ in m.named_parameters(recurse=False)]
+    return [f"{prefix}{n}.{p}" for n, m in root.named_modules() if is_norm(m)
+            for p, _ in m.named_parameters(recurse=False)]
 
 
 def linear_layers(root: nn.Module, exclude: tuple[nn.Module, ...] = ()) -> list[tuple[str, nn.Module]]:

@@ -80,7 +80,8 @@ class VisionEncoder(nn.Module):
         if self.cfg.layer_merge == "channels":
             if len({n for n, _ in shapes}) > 1:
                 raise VlgraftError(f"vision.feature_layers {self.layers} give different token counts "
-                                   f"{[n for n, _ in shapes]}: set vision.grid, vision.tokens: cls, or layer_merge: tokens")
+                                   f"{[n for n, _ in shapes]}: set vision.grid, vision.tokens: cls, or "
+                                   "layer_merge: tokens")
             return shapes[0][0], sum(d for _, d in shapes)
         if len({d for _, d in shapes}) > 1:
             raise VlgraftError(f"vision.feature_layers {self.layers} have different widths {[d for _, d in shapes]}: "
@@ -174,7 +175,8 @@ class HFVisionEncoder(VisionEncoder):
                 raise VlgraftError(f"vision.tokens: embed needs an image-text pair (CLIP / SigLIP model); "
                                    f"'hf:{model_id}' is a {hf_cfg.model_type!r} model")
             if cfg.feature_layers or cfg.grid:
-                raise VlgraftError("vision.tokens: embed takes the projected embedding; feature_layers and grid do not apply")
+                raise VlgraftError("vision.tokens: embed takes the projected embedding; feature_layers and grid "
+                                   "do not apply")
             self.model = transformers.AutoModel.from_pretrained(model_id)
         else:
             cls = getattr(transformers, _HF_VISION_CLASSES.get(hf_cfg.model_type, "AutoModel"))
@@ -259,7 +261,8 @@ class DualEncoder(VisionEncoder):
         self.cfg = low.cfg
         self.low, self.high = low, high
         if high.image_size <= low.image_size:
-            raise VlgraftError(f"vision_hr.image_size ({high.image_size}) must exceed vision.image_size ({low.image_size})")
+            raise VlgraftError(f"vision_hr.image_size ({high.image_size}) must exceed vision.image_size "
+                               f"({low.image_size})")
         self.image_size, self.mean, self.std = high.image_size, high.mean, high.std
         self.parts = [(low.num_tokens, low.embed_dim), (high.num_tokens, high.embed_dim)]
 

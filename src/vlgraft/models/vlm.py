@@ -51,7 +51,7 @@ class VLM(nn.Module):
         return self.connector.output_tokens(self.vision.num_tokens)
 
     @classmethod
-    def from_recipe(cls, recipe: Recipe, source: str = "recipe") -> "VLM":
+    def from_recipe(cls, recipe: Recipe, source: str = "recipe") -> VLM:
         vision = build_vision(recipe.vision, recipe.vision_hr)
         llm = build_llm(recipe.llm)
         connector = build_connector(recipe.connector, vision.embed_dim, llm.hidden_size, vision)

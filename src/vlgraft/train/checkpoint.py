@@ -96,7 +96,7 @@ def saved_param_count(path: Path) -> int:
     from safetensors import safe_open
 
     with safe_open(str(Path(path) / "trainable.safetensors"), "pt") as f:
-        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 (not a dict)
 
 
 def load_init(model, recipe, _seen: tuple[Path, ...] = ()) -> list[Path]:

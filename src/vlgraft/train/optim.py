@@ -30,11 +30,12 @@ def _patterns(g: ParamGroup, methods: dict[str, list[str]]) -> list[str]:
     return out
 
 
-def resolve_groups(model: nn.Module, groups: list[ParamGroup]) -> list[tuple[ParamGroup, list[tuple[str, nn.Parameter]]]]:
+def resolve_groups(model: nn.Module,
+                   groups: list[ParamGroup]) -> list[tuple[ParamGroup, list[tuple[str, nn.Parameter]]]]:
     """Assign every parameter to at most one group and set ``requires_grad`` accordingly.
 
-    Trainable parameters are kept in fp32. Raises if a parameter matches two groups or a group matches nothing, so the trainable set is
-    exactly what the recipe says."""
+    Trainable parameters are kept in fp32. Raises if a parameter matches two groups or a group matches
+    nothing, so the trainable set is exactly what the recipe says."""
     members: list[list[tuple[str, nn.Parameter]]] = [[] for _ in groups]
     methods = getattr(model, "method_params", {})
     pats = [_patterns(g, methods) for g in groups]
@@ -95,5 +96,6 @@ def build_scheduler(opt: torch.optim.Optimizer, recipe: Recipe, total_steps: int
     """``train.schedule`` after ``train.warmup_ratio`` of the steps of linear warm-up."""
     from transformers import get_scheduler
 
-    return get_scheduler(_SCHEDULES[recipe.train.schedule], opt, num_warmup_steps=int(recipe.train.warmup_ratio * total_steps),
+    warmup = int(recipe.train.warmup_ratio * total_steps)
+    return get_scheduler(_SCHEDULES[recipe.train.schedule], opt, num_warmup_steps=warmup,
                          num_training_steps=total_steps)

@@ -46,9 +46,11 @@ class EfficientNetLite(VisionEncoder):
         n_blocks = len(self.net._blocks)
         for layer in self.layers:
             if layer != -1 and not 0 <= layer < n_blocks:
-                raise VlgraftError(f"vision feature layer {layer} for {name} must be -1 (head) or a block index 0..{n_blocks - 1}")
+                raise VlgraftError(f"vision feature layer {layer} for {name} must be -1 (head) or a block index "
+                                   f"0..{n_blocks - 1}")
         if cfg.tokens == "embed":
-            raise VlgraftError(f"vision.tokens: embed needs an image-text pair (CLIP / SigLIP); {name} is an image classifier")
+            raise VlgraftError(f"vision.tokens: embed needs an image-text pair (CLIP / SigLIP); {name} is an "
+                               "image classifier")
         # Map sizes depend on the layer and resolution: read them off one dummy forward.
         with torch.no_grad():
             probe = self.layer_features(torch.zeros(1, 3, self.image_size, self.image_size))

@@ -5,7 +5,8 @@ Spec: ``coco:PATH/captions_train2017.json``; images are ``<image_root>/<file_nam
 
 The JSON holds ``images`` (``id``, ``file_name``) and ``annotations`` (``id``, ``image_id``,
 ``caption``). Each annotation becomes one single-turn record, id ``coco-{image_id}-{ann_id}``:
-user ``"<image>\\n" + prompt`` (option ``prompt``, default CAPTION_PROMPT), assistant the caption (stripped). An image with five captions
+user ``"<image>\\n" + prompt`` (option ``prompt``, default CAPTION_PROMPT), assistant the caption
+(stripped). An image with five captions
 gives five records. The prompt is one fixed instruction so that training and evaluation ask alike.
 The document is parsed whole (JSON cannot be streamed), then records are yielded one at a time.
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from vlgraft.config import FormatOptions
 from vlgraft.data.formats.common import check_placeholders, existing_file
@@ -44,7 +44,7 @@ def _images(data: dict, path: Path) -> dict:
 @dataclass
 class CocoOptions(FormatOptions):
     path: str = option(help="the captions JSON (captions_train2017.json, ...)")
-    image_root: Optional[str] = option(None, "folder of the images (default: the JSON's folder)")
+    image_root: str | None = option(None, "folder of the images (default: the JSON's folder)")
     prompt: str = option(CAPTION_PROMPT, "the instruction every caption answers")
 
 

@@ -22,14 +22,16 @@ COLORS = {"red", "green", "blue", "black", "gray", "teal", "brown", "yellow"}
 
 
 def answer_type(answer: str) -> str:
-    return "yes/no" if answer in ("yes", "no") else "shape" if answer in SHAPES else "color" if answer in COLORS else "other"
+    if answer in ("yes", "no"):
+        return "yes/no"
+    return "shape" if answer in SHAPES else "color" if answer in COLORS else "other"
 
 
 def _question(q: str) -> str:
     return q[:1].upper() + q[1:]
 
 
-def _negated(q: str) -> bool:
+def negated(q: str) -> bool:
     return " not " in q or " no " in q
 
 
@@ -42,7 +44,7 @@ def description(qas: list[tuple[str, str]]) -> str | None:
             known["shape"] = a
         elif a in COLORS:
             known["color"] = a
-        elif a in ("yes", "no") and (a == "yes") != _negated(q):
+        elif a in ("yes", "no") and (a == "yes") != negated(q):
             words = set(q.lower().rstrip("?").split())
             for kind, vocab in (("shape", SHAPES), ("color", COLORS)):
                 hit = words & vocab
@@ -63,7 +65,7 @@ def _balanced(by_image: dict[int, list[tuple[str, str]]], seed: int = 0) -> dict
     for qas in by_image.values():
         for q, a in qas:
             if a in ("yes", "no"):
-                groups[(_negated(q), a)] += 1
+                groups[(negated(q), a)] += 1
     keep_rate = {}
     for neg in (False, True):
         n_yes, n_no = groups[(neg, "yes")], groups[(neg, "no")]
@@ -74,7 +76,7 @@ def _balanced(by_image: dict[int, list[tuple[str, str]]], seed: int = 0) -> dict
     out = {}
     for img in sorted(by_image):
         kept = [(q, a) for q, a in by_image[img]
-                if a not in ("yes", "no") or rng.random() < keep_rate[(_negated(q), a)]]
+                if a not in ("yes", "no") or rng.random() < keep_rate[(negated(q), a)]]
         if kept:
             out[img] = kept
     return out

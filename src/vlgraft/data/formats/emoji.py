@@ -38,8 +38,8 @@ import sys
 import tarfile
 import zlib
 from dataclasses import dataclass
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 from vlgraft.config import FormatOptions
 from vlgraft.data.formats.common import check_placeholders

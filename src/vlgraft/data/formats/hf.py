@@ -26,7 +26,6 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from vlgraft.config import FormatOptions
 from vlgraft.data.formats.image_store import store_image_bytes, store_pil_image
@@ -119,7 +118,7 @@ def _saved_rows(path: Path, split: str) -> Iterator[tuple[str, dict]]:
 class HFOptions(FormatOptions):
     path: str = option(help="a save_to_disk folder, a .parquet file or a folder of them")
     split: str = option("", "the split (a DatasetDict's, or parquet files named/under it); empty: the only one / all")
-    image_root: Optional[str] = option(None, "folder that relative image paths resolve against (default: the data's)")
+    image_root: str | None = option(None, "folder that relative image paths resolve against (default: the data's)")
 
     @classmethod
     def from_arg(cls, arg: str) -> dict:  # PATH or PATH#SPLIT

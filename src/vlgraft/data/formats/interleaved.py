@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from vlgraft.config import FormatOptions
 from vlgraft.data.formats.common import existing_file
@@ -51,7 +50,8 @@ def _pieces(raw: dict, where: str) -> list[tuple[str, str]]:
     if not isinstance(texts, list) or not isinstance(images, list):
         raise DataError(f"{where}: a document needs 'texts' and 'images' lists (OBELICS) or a 'content' list")
     if len(texts) != len(images) or not texts:
-        raise DataError(f"{where}: 'texts' ({len(texts)}) and 'images' ({len(images)}) must be equally long and non-empty")
+        raise DataError(f"{where}: 'texts' ({len(texts)}) and 'images' ({len(images)}) must be equally long "
+                        "and non-empty")
     out = []
     for j, (t, im) in enumerate(zip(texts, images)):
         if (t is None) == (im is None):
@@ -86,7 +86,7 @@ def document_record(raw: object, index: int, source: str, image_root: Path | Non
 @dataclass
 class InterleavedOptions(FormatOptions):
     path: str = option(help="a JSON list of documents, or a .jsonl file (a document per line)")
-    image_root: Optional[str] = option(None, "folder that relative image paths resolve against (default: the file's)")
+    image_root: str | None = option(None, "folder that relative image paths resolve against (default: the file's)")
 
 
 @DATASET.register("interleaved", options=InterleavedOptions)

@@ -7,7 +7,6 @@ Spec: the file's path (``data/train.json``), or ``llava:PATH``; image paths reso
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from vlgraft.config import FormatOptions
 from vlgraft.data.records import Record, load_llava_json
@@ -18,7 +17,7 @@ from vlgraft.registry import DATASET
 @dataclass
 class LlavaOptions(FormatOptions):
     path: str = option(help="the .json (a list of records) or .jsonl (a record per line) file")
-    image_root: Optional[str] = option(None, "folder that relative image paths resolve against (default: the file's)")
+    image_root: str | None = option(None, "folder that relative image paths resolve against (default: the file's)")
 
 
 @DATASET.register("llava", options=LlavaOptions)

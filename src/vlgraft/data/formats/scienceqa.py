@@ -22,7 +22,6 @@ import string
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from vlgraft.config import FormatOptions
 from vlgraft.data.formats.common import check_placeholders, existing_file
@@ -82,8 +81,8 @@ def _record(qid: str, prob: object, path: Path, root: Path, split: str | None) -
 @dataclass
 class ScienceQAOptions(FormatOptions):
     path: str = option(help="problems.json of the ScienceQA release")
-    split: Optional[str] = option(None, "only this split (null: all)", choices=SPLITS)
-    image_root: Optional[str] = option(None, "the folder holding images/<split>/<qid>/ (default: problems.json's)")
+    split: str | None = option(None, "only this split (null: all)", choices=SPLITS)
+    image_root: str | None = option(None, "the folder holding images/<split>/<qid>/ (default: problems.json's)")
 
     @classmethod
     def from_arg(cls, arg: str) -> dict:  # PATH or PATH#SPLIT
