@@ -36,3 +36,9 @@ def instruction_fields(raw: dict, where: str, keys: tuple[str, str, str], sep: s
     if not isinstance(output, str) or not output.strip():
         raise DataError(f"{where}: '{k_out}' must be a non-empty string")
     return instruction.strip() + (f"{sep}{inp.strip()}" if inp.strip() else ""), output.strip()
+
+
+def path_and_split(arg: str) -> dict:
+    """The options of the short form ``PATH`` or ``PATH#SPLIT`` (formats whose files hold splits)."""
+    path, _, split = arg.rpartition("#") if "#" in arg else (arg, "", "")
+    return {"path": path, **({"split": split} if split else {})}

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlgraft.config import FormatOptions
+from vlgraft.data.formats.common import path_and_split
 from vlgraft.data.formats.image_store import store_image_bytes, store_pil_image
 from vlgraft.data.records import Record, parse_record
 from vlgraft.errors import DataError
@@ -119,11 +120,7 @@ class HFOptions(FormatOptions):
     path: str = option(help="a save_to_disk folder, a .parquet file or a folder of them")
     split: str = option("", "the split (a DatasetDict's, or parquet files named/under it); empty: the only one / all")
     image_root: str | None = option(None, "folder that relative image paths resolve against (default: the data's)")
-
-    @classmethod
-    def from_arg(cls, arg: str) -> dict:  # PATH or PATH#SPLIT
-        path, _, split = arg.rpartition("#") if "#" in arg else (arg, "", "")
-        return {"path": path, **({"split": split} if split else {})}
+    from_arg = staticmethod(path_and_split)
 
 
 @DATASET.register("hf", options=HFOptions)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlgraft.config import FormatOptions
-from vlgraft.data.formats.common import check_placeholders, existing_file
+from vlgraft.data.formats.common import check_placeholders, existing_file, path_and_split
 from vlgraft.data.records import IMAGE_PLACEHOLDER, Record
 from vlgraft.errors import DataError
 from vlgraft.files import read_json
@@ -83,11 +83,7 @@ class ScienceQAOptions(FormatOptions):
     path: str = option(help="problems.json of the ScienceQA release")
     split: str | None = option(None, "only this split (null: all)", choices=SPLITS)
     image_root: str | None = option(None, "the folder holding images/<split>/<qid>/ (default: problems.json's)")
-
-    @classmethod
-    def from_arg(cls, arg: str) -> dict:  # PATH or PATH#SPLIT
-        path, _, split = arg.rpartition("#") if "#" in arg else (arg, "", "")
-        return {"path": path, **({"split": split} if split else {})}
+    from_arg = staticmethod(path_and_split)
 
 
 @DATASET.register("scienceqa", options=ScienceQAOptions)
