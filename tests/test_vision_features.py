@@ -62,7 +62,7 @@ def test_bad_vision_settings(tiny_clip):
         _ = build_vision(VisionOptions(name="efficientnet-lite0", feature_layers=[10, -1])).num_tokens
     with pytest.raises(VlgraftError, match="different widths"):
         _ = build_vision(VisionOptions(name="efficientnet-lite0", feature_layers=[10, -1], layer_merge="tokens",
-                                      tokens="cls")).embed_dim
+                                       tokens="cls")).embed_dim
     with pytest.raises(VlgraftError, match="out of range"):
         build_vision(VisionOptions(name=f"hf:{tiny_clip}", feature_layers=[-1, 7]))
     with pytest.raises(VlgraftError, match="block index"):

@@ -40,8 +40,8 @@ class VisionOptions(Part):
     grid: int | None = option(None, "average-pool the patch tokens to grid x grid tokens; null keeps all", min=1)
     image_size: int | None = option(None, "input resolution in pixels; null uses the encoder's native size", min=1)
     feature_layers: list[int] | None = option(None, "several layers at once (same numbering as feature_layer), "
-                                                 "merged by layer_merge; overrides feature_layer (LaVIN / "
-                                                 "LLaMA-Adapter multi-scale features)")
+                                              "merged by layer_merge; overrides feature_layer (LaVIN / "
+                                              "LLaMA-Adapter multi-scale features)")
     layer_merge: str = option("channels", "how feature_layers combine: channels (concatenate widths; token counts "
                               "must match) | tokens (one token sequence after another; widths must match)",
                               choices=("channels", "tokens"))
@@ -59,7 +59,7 @@ class LLMOptions(Part):
     name: str = option("smollm2-135m-instruct", "registered LLM name, or 'hf:<hub id or local dir>' for any "
                        "AutoModelForCausalLM")
     system_prompt: str | None = option(None, "system message for every conversation; null uses the chat "
-                                          "template's own default")
+                                       "template's own default")
     dtype: str = option("float32", "dtype of the loaded weights", choices=("float32", "bfloat16", "float16"))
 
 
@@ -112,8 +112,8 @@ class ParamGroup:
                                "(vision | connector | llm) means all its parameters; a method's name its "
                                "parameters (and '<method>.<group>' one of its groups)")
     lr: float | str = option(1e-4, "peak learning rate of this group, or 'mm1': MM1's fit to the LLM's "
-                                   "non-embedding parameter count N, exp(-0.4214 ln N - 0.5535), with weight decay "
-                                   "0.1 x lr")
+                             "non-embedding parameter count N, exp(-0.4214 ln N - 0.5535), with weight decay "
+                             "0.1 x lr")
     weight_decay: float = option(0.0, "AdamW weight decay of this group (with lr: mm1, 0.1 x lr)", min=0)
 
 
@@ -121,9 +121,9 @@ class ParamGroup:
 class MixSource:
     train: DataSource = option(MISSING, "a training data source, as data.train")
     weight: float | None = option(None, "sampling ratio against the other sources (e.g. 5, 5, 1); the source's "
-                                     "records cycle, each pass reshuffled")
+                                  "records cycle, each pass reshuffled")
     epochs: float | None = option(None, "passes over this source instead of a weight (then every source gives "
-                                     "epochs, and the run's length follows from them unless train.max_steps is set)")
+                                  "epochs, and the run's length follows from them unless train.max_steps is set)")
     image_root: str | None = option(None, "as data.image_root, for this source")
     limit: int | None = option(None, "use only this source's first N records", min=1)
 
@@ -131,15 +131,15 @@ class MixSource:
 @dataclass
 class DataConfig:
     train: DataSource | None = option(None, "training data: a data format's options {name: coco, path: ...}, or "
-                                         "the short form 'name:arg' (easyvqa:train, coco:captions.json, ...), or a "
-                                         "LLaVA conversation .json/.jsonl file; null: easyvqa:train, or data.mixture")
+                                      "the short form 'name:arg' (easyvqa:train, coco:captions.json, ...), or a "
+                                      "LLaVA conversation .json/.jsonl file; null: easyvqa:train, or data.mixture")
     mixture: list[MixSource] = option(factory=list, help="several training sources sampled by ratio or by epochs "
                                       "(MM1's caption : interleaved : text = 5 : 5 : 1); replaces data.train")
     group_by_modality: bool = option(False, "every global batch is all image-text or all text-only (needed by "
                                      "train.modality_groups; LLaVA-1.5's modality grouping)")
     eval: DataSource = option("easyvqa:test", "evaluation data, same forms as 'train'")
     image_root: str | None = option(None, "folder that relative 'image' paths are resolved against "
-                                       "(default: the data file's folder)")
+                                    "(default: the data file's folder)")
     max_length: int = option(1024, "maximum tokens per sequence, visual tokens included", min=1)
     turns: str = option("conversation", "conversation: train on each record as one multi-turn chat; independent: "
                         "pack its question/answer pairs as independent single-turn questions that share the "
@@ -147,10 +147,10 @@ class DataConfig:
                         choices=("conversation", "independent"))
     limit: int | None = option(None, "use only the first N training records", min=1)
     describe_first: str | None = option(None, "a request such as 'Describe the image.': every question about an "
-                                           "image is asked behind a first exchange in which the model describes the "
-                                           "image (LLaMA-Adapter V2's expert captions, the model as its own expert); "
-                                           "training uses each record's gold 'description', eval and chat the "
-                                           "model's own (docs/DESCRIBE.md)")
+                                        "image is asked behind a first exchange in which the model describes the "
+                                        "image (LLaMA-Adapter V2's expert captions, the model as its own expert); "
+                                        "training uses each record's gold 'description', eval and chat the "
+                                        "model's own (docs/DESCRIBE.md)")
 
 
 @dataclass
@@ -171,7 +171,7 @@ class TrainConfig:
                                  "preprocessing and image bytes)")
     log_every: int = option(10, "optimizer steps between metric records", min=1)
     save_every: int | None = option(None, "optimizer steps between resumable checkpoints; null: only at the end",
-                                       min=1)
+                                    min=1)
     keep_checkpoints: int = option(2, "resumable checkpoints kept (older ones are deleted)", min=1)
     num_workers: int = option(0, "DataLoader worker processes", min=0)
     modality_groups: dict[str, list[str]] | None = option(
@@ -215,10 +215,10 @@ class Recipe:
     trainable: list[ParamGroup] = option(factory=lambda: [ParamGroup(name="connector", params=["connector"], lr=1e-3)],
                                          help="parameter groups that train; everything else is frozen")
     vision_hr: VisionOptions | None = option(None, "a second, high-resolution image encoder (Mini-Gemini); used "
-                                                "by the patch_mining connector")
+                                             "by the patch_mining connector")
     init_from: str | None = option(None, "a previous run or checkpoint (e.g. stage 1 of a curriculum) whose trained "
-                                      "weights initialise this model; kept as a reference: this run's checkpoint holds "
-                                      "only its own trainable parameters and eval/chat load the chain")
+                                   "weights initialise this model; kept as a reference: this run's checkpoint holds "
+                                   "only its own trainable parameters and eval/chat load the chain")
     data: DataConfig = option(factory=DataConfig, help="data")
     train: TrainConfig = option(factory=TrainConfig, help="training loop")
     eval: EvalConfig = option(factory=EvalConfig, help="evaluation (vlgraft eval)")

@@ -25,7 +25,7 @@ from vlgraft.registry import CONNECTOR
 @dataclass
 class PatchMiningOptions(ConnectorOptions):
     hidden_dim: int | None = option(None, "width of the mining attention and of the MLP's hidden layer (null: "
-                                       "the low-res feature width, and the LLM's hidden size)", min=1)
+                                    "the low-res feature width, and the LLM's hidden size)", min=1)
 
 
 @CONNECTOR.register("patch_mining")

@@ -13,7 +13,7 @@ class GeneratorOptions:
     generator: str = option("local", "local: a causal LM run here; openai: any OpenAI-compatible chat-completions "
                             "endpoint", choices=("local", "openai"))
     model: str | None = option(None, "local: smollm2-135m-instruct (default) or hf:<id or dir>; openai: the "
-                                  "model name")
+                               "model name")
     base_url: str = option("https://api.openai.com/v1", "openai: endpoint base URL, up to /v1")
     api_key_env: str = option("OPENAI_API_KEY", "openai: environment variable holding the API key")
     timeout: float = option(120.0, "openai: seconds per request", min=0)

@@ -156,8 +156,8 @@ def _before_key(recipe, ts: TextSet, precision: str, device: torch.device, max_n
 
 
 def before_after(vlm, recipe, text_set: TextSet | str | Path | None = None, batch_size: int = 16,
-                 max_new_tokens: int = 16,
-                 precision: str = "fp32", use_cache: bool = True, console: Console | None = None) -> dict:
+                 max_new_tokens: int = 16, precision: str = "fp32", use_cache: bool = True,
+                 console: Console | None = None) -> dict:
     """``{before, after, change}`` for trained ``vlm`` against the base LLM of ``recipe``; also the
     per-question predictions under ``predictions``."""
     from vlgraft.files import read_json, write_json

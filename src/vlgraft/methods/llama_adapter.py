@@ -139,7 +139,7 @@ class LlamaAdapter(Method):
 class LlamaAdapterV2Options(MethodOptions):
     prompt_len: int = option(10, "K adaptation prompts per adapted layer", min=1)
     layers: int | None = option(None, "the top L layers get static prompts (null: all but the fusion layers)",
-                                   min=0)
+                                min=0)
     fusion_layers: int = option(1, "the first layers, which attend to the visual tokens (early fusion)", min=1)
     bias_scale: bool = option(True, "a learnable bias (0) and scale (1) on every linear layer of the LLM")
     unfreeze_norms: bool = option(True, "train the LLM's normalisation layers")

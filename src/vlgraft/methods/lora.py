@@ -81,7 +81,7 @@ class IA3Options(MethodOptions):
     target_modules: list[str] = option(factory=lambda: ["k_proj", "v_proj", "down_proj"],
                                        help="layers whose outputs (or, for feed-forward ones, inputs) are rescaled")
     feedforward_modules: list[str] | None = option(factory=lambda: ["down_proj"],
-                                                      help="those of target_modules rescaled on their input")
+                                                   help="those of target_modules rescaled on their input")
     target: str = option("llm", "which model: the LLM or the vision tower", choices=_TARGETS)
 
 

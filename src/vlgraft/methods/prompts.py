@@ -26,7 +26,7 @@ from vlgraft.registry import METHOD
 class PromptTuningOptions(MethodOptions):
     num_virtual_tokens: int = option(20, "soft tokens placed before the sequence", min=1)
     init_text: str | None = option(None, "initialise from this text's token embeddings (repeated to length); "
-                                      "null: sampled vocabulary embeddings")
+                                   "null: sampled vocabulary embeddings")
 
 
 @METHOD.register("prompt_tuning")
