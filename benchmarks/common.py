@@ -3,17 +3,17 @@ child process through ``vlgraft.runner`` (what ``vlgraft sweep`` uses), and read
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from vlgraft.files import write_json  # noqa: F401  (the benchmarks write their results with it)
+from vlgraft.files import iter_jsonl, write_json  # noqa: F401  (the benchmarks write their results with it)
 from vlgraft.runner import run_commands
 
 
 def run_cli(args: list[str], workdir: Path, env: dict | None = None, log: Path | None = None) -> dict:
     """Run ``vlgraft ARGS`` in a child process (``vlgraft.runner``); return wall seconds and peak memory."""
-    res = run_commands([args], log or workdir / f"cli-{time.time_ns()}.log", env)
+    log = log or workdir / f"cli-{time.time_ns()}.log"
+    res = run_commands([args], log, env)
     if res["status"] != "ok":
         raise SystemExit(f"benchmark step failed: vlgraft {' '.join(args)}: {res['error']} (log: {log})")
     return {"wall_s": res["wall_s"], "max_rss_mb": res["commands"][0]["max_rss_mb"],
@@ -21,14 +21,7 @@ def run_cli(args: list[str], workdir: Path, env: dict | None = None, log: Path |
 
 
 def read_metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def trainable_params(run: Path) -> int:
-    """Parameters in a run's final checkpoint (exactly the trainable ones)."""
-    from vlgraft.train.checkpoint import saved_param_count
-
-    return saved_param_count(run / "final")
+    return [rec for _, rec in iter_jsonl(run / "metrics.jsonl")]
 
 
 DIRECT = "data.describe_first=null"  # benchmarks measure answering straight from the image

@@ -55,7 +55,7 @@ def test_bad_overrides_are_one_line_errors(run, capsys, argv, needle):
 def test_chat_and_export_take_overrides(run, tiny_data, tmp_path, capsys):
     out, _ = run
     from vlgraft.serve.chat import ChatSession
-    from vlgraft.train.checkpoint import load_vlm
+    from vlgraft.training.checkpoint import load_vlm
 
     image = str(tiny_data.parent / "img" / "0.png")
     main(["chat", "--ckpt", out, "--image", image, "-o", "chat.max_new_tokens=2", "What color is it?"])

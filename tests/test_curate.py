@@ -397,7 +397,7 @@ def test_openai_generator_against_stub_server(monkeypatch):
 
 def test_a_recipe_trains_on_the_curated_file(tiny_recipe, tiny_data, tmp_path):
     from vlgraft.config import Recipe, from_dict, to_dict
-    from vlgraft.train.loop import train
+    from vlgraft.training.loop import train
 
     out = tmp_path / "curated.jsonl"
     curate(_cfg(tiny_data, out), Fake(), show_progress=False)

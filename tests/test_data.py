@@ -49,6 +49,16 @@ def test_jsonl_bad_line_named(tmp_path):
         load_llava_json(p)
 
 
+def test_llava_jsonl_streams_up_to_the_limit(tmp_path):
+    """data.limit stops reading a LLaVA JSONL file: a broken line after it is never parsed."""
+    p = tmp_path / "d.jsonl"
+    good = [json.dumps({"id": f"r{i}", "conversations": conv(("q", "a"))}) for i in range(2)]
+    p.write_text("\n".join(good) + "\n{not json\n")
+    assert [r.id for r in load_records(str(p), limit=2)] == ["r0", "r1"]
+    with pytest.raises(DataError, match="d.jsonl: line 3 is not valid JSON"):
+        load_records(str(p))
+
+
 def test_duplicate_ids_rejected(tmp_path):
     p = _write(tmp_path, [{"id": "x", "conversations": conv(("q", "a"))}] * 2)
     with pytest.raises(DataError, match="duplicate id 'x'"):

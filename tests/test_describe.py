@@ -15,8 +15,8 @@ from vlgraft.data.sources import load_records
 from vlgraft.errors import ConfigError, DataError
 from vlgraft.eval.vqa import eval_items, evaluate
 from vlgraft.serve.chat import ChatSession
-from vlgraft.train.checkpoint import load_vlm
-from vlgraft.train.loop import train
+from vlgraft.training.checkpoint import load_vlm
+from vlgraft.training.loop import train
 
 ASK = "Describe the image."
 

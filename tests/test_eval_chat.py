@@ -6,8 +6,8 @@ import pytest
 from vlgraft.config import DataConfig, EvalConfig
 from vlgraft.eval.vqa import evaluate, normalize, token_f1
 from vlgraft.serve.chat import ChatSession
-from vlgraft.train.checkpoint import load_vlm
-from vlgraft.train.loop import train
+from vlgraft.training.checkpoint import load_vlm
+from vlgraft.training.loop import train
 
 
 def test_normalize():

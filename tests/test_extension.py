@@ -158,7 +158,7 @@ def test_new_parts_from_a_recipe_train_eval_export(parts, tiny_recipe, tmp_path,
     # the exported LLM computes what the trained model with its method computes (text-only input)
     from transformers import AutoModelForCausalLM
 
-    from vlgraft.train.checkpoint import load_vlm
+    from vlgraft.training.checkpoint import load_vlm
 
     vlm, _, _ = load_vlm(run)
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "exported" / "llm").eval()

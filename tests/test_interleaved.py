@@ -152,8 +152,8 @@ def test_methods_outside_the_sequence_see_the_mean_of_a_samples_images():
 def test_mixture_with_documents_trains_and_eval_refuses_documents(tiny_recipe, tiny_data, docs):
     from vlgraft.config import DataConfig, EvalConfig, MixSource
     from vlgraft.eval.vqa import evaluate
-    from vlgraft.train.checkpoint import load_vlm
-    from vlgraft.train.loop import train
+    from vlgraft.training.checkpoint import load_vlm
+    from vlgraft.training.loop import train
 
     r = tiny_recipe(max_steps=3, batch_size=4)
     r.data.train = None

@@ -12,7 +12,7 @@ from vlgraft.config import ParamGroup
 from vlgraft.data.records import load_llava_json
 from vlgraft.models.anatomy import attention_of, decoder_layers
 from vlgraft.models.vlm import VLM
-from vlgraft.train.optim import resolve_groups
+from vlgraft.training.optim import resolve_groups
 
 ZERO_INIT = {
     "lora": {"name": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
@@ -183,7 +183,7 @@ def test_lora_merge_matches_unmerged(tiny_recipe, batch_of):
 
 @pytest.mark.parametrize("key", ["lora", "serial_adapter", "llama_adapter_mm", "llama_adapter_v2", "mma"])
 def test_checkpoint_holds_exactly_the_method(tiny_recipe, batch_of, tmp_path, key):
-    from vlgraft.train import checkpoint as ckpt
+    from vlgraft.training import checkpoint as ckpt
 
     recipe = tiny_recipe("qwen2")
     vlm = _build(recipe, [ZERO_INIT[key]])

@@ -11,7 +11,7 @@ from vlgraft.config import MixSource, ParamGroup
 from vlgraft.data.mixture import Source
 from vlgraft.data.sampler import MicroBatches
 from vlgraft.errors import ConfigError, VlgraftError
-from vlgraft.train.loop import train
+from vlgraft.training.loop import train
 
 
 def _sources(sizes, weights):
@@ -117,7 +117,7 @@ def test_joint_training_moves_only_the_batch_modality_groups(tiny_recipe, tiny_d
     r.train.modality_groups = {"image": ["image"], "text": ["language"]}
     r.train.batch_size = 2
     out = train(r, source="test")
-    from vlgraft.train.checkpoint import load_vlm
+    from vlgraft.training.checkpoint import load_vlm
 
     vlm, _, _ = load_vlm(out)
     from vlgraft.methods.base import match_names

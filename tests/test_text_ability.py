@@ -10,7 +10,7 @@ import torch
 from vlgraft.cli import main
 from vlgraft.eval.text import before_after, load_text_set, qa_correct, text_ability
 from vlgraft.models.vlm import VLM
-from vlgraft.train.optim import resolve_groups
+from vlgraft.training.optim import resolve_groups
 
 PPL = [("Name a fruit.", "An apple is a fruit."), ("Say hello.", "Hello there!"),
        ("Describe the sea in a few words.", "Wide, blue and deep."), ("What is rain?", "Water falling from clouds."),
@@ -104,7 +104,7 @@ def test_before_equals_after_at_init_and_differs_when_perturbed(tiny_recipe, tex
 
 
 def _checkpoint(tiny_recipe, tmp_path):
-    from vlgraft.train.checkpoint import save_checkpoint
+    from vlgraft.training.checkpoint import save_checkpoint
 
     recipe = tiny_recipe()
     run = tmp_path / "run"

@@ -12,8 +12,8 @@ from vlgraft.config import ConnectorOptions, ParamGroup, VisionOptions, options_
 from vlgraft.data.images import load_image
 from vlgraft.data.records import load_llava_json
 from vlgraft.errors import DataError
-from vlgraft.train.checkpoint import load_vlm
-from vlgraft.train.loop import train
+from vlgraft.training.checkpoint import load_vlm
+from vlgraft.training.loop import train
 
 
 @pytest.fixture(scope="module")

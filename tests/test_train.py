@@ -10,9 +10,9 @@ import yaml
 from safetensors.torch import load_file
 
 from vlgraft.config import to_dict
-from vlgraft.train import checkpoint as ckpt_mod
-from vlgraft.train.checkpoint import load_vlm
-from vlgraft.train.loop import train
+from vlgraft.training import checkpoint as ckpt_mod
+from vlgraft.training.checkpoint import load_vlm
+from vlgraft.training.loop import train
 
 
 def _weights(run):
@@ -129,7 +129,7 @@ def test_lr_mm1_follows_the_llm_size(tiny_recipe):
     from vlgraft.config import ParamGroup
     from vlgraft.errors import ConfigError
     from vlgraft.models.vlm import VLM
-    from vlgraft.train.optim import build_optimizer, resolve_groups
+    from vlgraft.training.optim import build_optimizer, resolve_groups
 
     r = tiny_recipe()
     r.trainable = [ParamGroup("connector", ["connector"], "mm1"), ParamGroup("lora", ["llm.*lora_*"], 1e-3)]

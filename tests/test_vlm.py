@@ -4,7 +4,7 @@ import torch
 from vlgraft.data.conversation import IGNORE
 from vlgraft.errors import VlgraftError
 from vlgraft.models.vlm import IMAGE_TOKEN_ID, VLM
-from vlgraft.train.optim import resolve_groups
+from vlgraft.training.optim import resolve_groups
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])

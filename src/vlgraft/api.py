@@ -11,6 +11,7 @@ describe-first, precision); ``overrides`` change its data / eval / chat settings
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from vlgraft.config import Recipe, from_dict, inference_precision, load_recipe
@@ -85,12 +86,10 @@ def _record(i: int, prompt: str, images) -> Record:
 def load(run: str | Path, device: str | None = None, overrides: list[str] | None = None) -> Model:
     """A trained model from a run folder or a checkpoint folder, on ``device`` (default: CUDA when
     available); ``overrides``: ``key=value`` changes of its data / eval / chat settings."""
-    import torch
+    from vlgraft.inference import default_device
+    from vlgraft.training.checkpoint import load_vlm
 
-    from vlgraft.train.checkpoint import load_vlm
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    vlm, recipe, ckpt = load_vlm(run, device, overrides)
+    vlm, recipe, ckpt = load_vlm(run, default_device(device), overrides)
     return Model(vlm, recipe, ckpt)
 
 
@@ -98,17 +97,15 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | None = None
           overwrite: bool = False) -> Path:
     """Train a recipe (a YAML path, a mapping or a ``Recipe``) with ``key=value`` overrides; returns
     the run folder (its ``final/`` checkpoint is what ``load`` reads)."""
-    from vlgraft.config import apply_overrides, validate
-    from vlgraft.train.loop import train as train_recipe
+    from vlgraft.config import apply_overrides
+    from vlgraft.training.loop import train as train_recipe
 
     if isinstance(recipe, (str, Path)):
         source, r = str(recipe), load_recipe(recipe, overrides)
-    else:
-        if isinstance(recipe, Recipe):
-            if overrides:
-                raise VlgraftError("overrides apply to a recipe file or mapping; change the Recipe object itself")
-            source, r = "recipe", recipe
-        else:
-            source, r = "recipe", from_dict(Recipe, apply_overrides(dict(recipe), overrides or []))
-        validate(r, source)
-    return train_recipe(r, resume=resume, overwrite=overwrite, source=source)
+    elif isinstance(recipe, Recipe):
+        if overrides:
+            raise VlgraftError("overrides apply to a recipe file or mapping; change the Recipe object itself")
+        source, r = "recipe", recipe
+    else:  # a mapping: overrides change a copy, never the caller's nested data
+        source, r = "recipe", from_dict(Recipe, apply_overrides(copy.deepcopy(dict(recipe)), overrides or []))
+    return train_recipe(r, resume=resume, overwrite=overwrite, source=source)  # validates the recipe first

@@ -67,15 +67,14 @@ def overrides_of(args, flags=(), switches=()) -> list[str]:
 
 
 def _device(args):
-    import torch
+    from vlgraft.inference import default_device
 
-    return torch.device(args.device) if getattr(args, "device", None) else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu")
+    return default_device(getattr(args, "device", None))
 
 
 def cmd_train(args) -> None:
     from vlgraft.config import load_recipe, recipe_help
-    from vlgraft.train.loop import train
+    from vlgraft.training.loop import train
 
     if args.help_recipe:
         print("\n".join(recipe_help()))
@@ -88,7 +87,7 @@ def cmd_train(args) -> None:
 
 def cmd_eval(args) -> None:
     from vlgraft.eval.run import run_eval
-    from vlgraft.train.checkpoint import find_checkpoint, load_vlm
+    from vlgraft.training.checkpoint import find_checkpoint, load_vlm
 
     overrides = overrides_of(args, EVAL_FLAGS, EVAL_SWITCHES)
     ckpt = find_checkpoint(args.run)
@@ -99,7 +98,7 @@ def cmd_eval(args) -> None:
 
 def cmd_chat(args) -> None:
     from vlgraft.serve.chat import ChatSession, interactive
-    from vlgraft.train.checkpoint import load_vlm
+    from vlgraft.training.checkpoint import load_vlm
 
     vlm, recipe, _ = load_vlm(args.ckpt, _device(args), overrides_of(args, CHAT_FLAGS, CHAT_SWITCHES))
     session = ChatSession.from_recipe(vlm, recipe, args.image)
@@ -115,7 +114,7 @@ def cmd_info(args) -> None:
     from vlgraft.config import dump_recipe, load_recipe
     from vlgraft.models.vlm import VLM
     from vlgraft.report import print_groups, print_methods, print_split
-    from vlgraft.train.optim import resolve_groups
+    from vlgraft.training.optim import resolve_groups
 
     recipe = load_recipe(args.recipe, args.override)
     vlm = VLM.from_recipe(recipe, args.recipe)

@@ -338,15 +338,17 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, sav
     data: dict = {}
     for ov in (overrides or []) if saved else []:
         key = ov.split("=", 1)[0].strip()
-        fixed = next((f for f in FIXED_BY_CHECKPOINT if key == f or key.startswith((f + ".", f + "["))), None)
+        # the key itself, a key inside it (connector.hidden_dim), or a section holding it (llm holds llm.name)
+        fixed = next((f for f in FIXED_BY_CHECKPOINT
+                      if key == f or key.startswith((f + ".", f + "[")) or f.startswith(key + ".")), None)
         if fixed:
             raise ConfigError(f"override {ov!r}: '{fixed}' is fixed by the checkpoint (it defines the trained "
                               "model); override data, eval, chat or train settings instead")
-    source = str(path) if path else "defaults"
+    source = (str(path) if path else "defaults") + (" with its -o overrides" if overrides else "")
     if path is not None:
         data = read_yaml_mapping(path, "recipe")
     if saved:
-        import_modules(data.get("imports") or [], source)
+        import_modules(data.get("imports") or [], str(path))
         data = upgrade_saved(data)
     apply_overrides(data, overrides or [])
     recipe = from_dict(Recipe, data, source)
@@ -360,6 +362,8 @@ def validate(r: Recipe, source: str = "recipe") -> None:
 
     if r.data.describe_first is not None and not r.data.describe_first.strip():
         raise ConfigError(f"{source}: key 'data.describe_first' must be a non-empty request (text) or null")
+    for g in r.trainable:
+        check_lr(g, source)
     names = [g.name for g in r.trainable]
     if len(set(names)) != len(names):
         raise ConfigError(f"{source}: parameter group names in 'trainable' must be unique: {names}")
@@ -380,6 +384,12 @@ def validate(r: Recipe, source: str = "recipe") -> None:
         if spec is not None:
             parse_source(spec, f"{source}: key '{key}'")
     _check_modality_groups(r, names, source)
+
+
+def check_lr(g: ParamGroup, source: str = "recipe") -> None:
+    """A group's ``lr`` is a number or ``mm1``."""
+    if isinstance(g.lr, str) and g.lr != "mm1":
+        raise ConfigError(f"{source}: trainable group {g.name!r}: lr must be a number or 'mm1', got {g.lr!r}")
 
 
 def _check_modality_groups(r: Recipe, group_names: list[str], source: str) -> None:

@@ -20,13 +20,14 @@ from vlgraft.files import atomic_path
 
 def export(run: str | Path, out: Path, overwrite: bool = False, overrides: list[str] | None = None) -> dict:
     """Export ``run`` (a run or checkpoint folder) to ``out``; returns what was merged and kept."""
-    from vlgraft.train.checkpoint import load_vlm
+    from vlgraft.training.checkpoint import load_vlm
 
     if out.exists() and not overwrite:
         raise VlgraftError(f"{out} exists; pass --overwrite to replace it")
     vlm, recipe, ckpt = load_vlm(run, overrides=overrides)
-    merged = {m.name: m.merge(vlm) for m in vlm.methods if m.mergeable}
     kept = [m for m in vlm.methods if not m.mergeable]
+    kept_keys = {m.name: m.checkpoint_keys(vlm) for m in kept}  # before any merge renames a module
+    merged = [(m.name, m.merge(vlm)) for m in vlm.methods if m.mergeable]
     own = {n for m in kept for n in m.created}  # the kept methods' modules are not base LLM weights
     llm_weights = {k: v for k, v in vlm.llm.model.state_dict().items() if f"llm.model.{k}" not in own}
     rest = {k: v.contiguous() for k, v in vlm.trainable_state_dict().items()
@@ -36,7 +37,8 @@ def export(run: str | Path, out: Path, overwrite: bool = False, overrides: list[
         vlm.llm.tokenizer.save_pretrained(tmp / "llm")
         save_file(rest, str(tmp / "trainable.safetensors"))
         (tmp / "recipe.yaml").write_text(dump_recipe(recipe))
-    n = sum(merged.values())
+    n = sum(count for _, count in merged)
+    kept_text = ", ".join(f"{name} ({len(keys)} tensors)" for name, keys in kept_keys.items())
     print(f"exported {ckpt} -> {out}: {n} adapter layers merged into the LLM weights"
-          + (f"; methods kept as modules (not mergeable): {', '.join(m.name for m in kept)}" if kept else ""))
-    return {"merged": merged, "kept": [m.name for m in kept], "trainable_keys": sorted(rest)}
+          + (f"; methods kept as modules (not mergeable): {kept_text}" if kept else ""))
+    return {"merged": merged, "kept": kept_keys, "trainable_keys": sorted(rest)}

@@ -35,6 +35,11 @@ def device_of(vlm) -> torch.device:
     return next(vlm.parameters()).device
 
 
+def default_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` when given, else CUDA when available, else the CPU."""
+    return torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def generate_answers(vlm, prompts: list[dict], cache: FeatureCache | None = None, batch_size: int = 64,
                      max_new_tokens: int = 8, precision: str = "fp32", packed: bool = False,
                      desc: str = "generate", show: bool = True) -> list[str]:

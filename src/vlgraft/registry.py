@@ -23,6 +23,11 @@ class UnknownNameError(VlgraftError):
     pass
 
 
+class RegistrationError(VlgraftError, ValueError):
+    """A part registered twice, or asked for options it was registered without (a plugin's mistake,
+    reported on one line like any user error)."""
+
+
 class Registry(Generic[T]):
     def __init__(self, kind: str, packages: tuple[str, ...] = ()):
         self.kind = kind
@@ -37,7 +42,7 @@ class Registry(Generic[T]):
         ``obj.Options``); ``prefix``: also every name ``<name>:<anything>``."""
         def deco(obj: T) -> T:
             if name in self._items:
-                raise ValueError(f"{self.kind} {name!r} is already registered")
+                raise RegistrationError(f"{self.kind} {name!r} is already registered")
             self._items[name] = obj
             self._options[name] = options or getattr(obj, "Options", None)
             if prefix:
@@ -77,7 +82,7 @@ class Registry(Generic[T]):
         """The options class of the part ``name``."""
         key = self._key(name)
         if self._options[key] is None:
-            raise ValueError(f"{self.kind} {key!r} was registered without an options class "
+            raise RegistrationError(f"{self.kind} {key!r} was registered without an options class "
                              "(an Options attribute or options=)")
         return self._options[key]
 

@@ -83,7 +83,7 @@ def last_error(log: Path) -> str:
 
 def training_figures(run: Path) -> dict:
     """A finished run's loss curve, throughput and trainable parameters."""
-    from vlgraft.train.checkpoint import saved_param_count
+    from vlgraft.training.checkpoint import saved_param_count
 
     m = [rec for _, rec in iter_jsonl(run / "metrics.jsonl")]
     sps = [r["samples_per_s"] for r in m[1:]] or [m[0]["samples_per_s"]]  # the first window includes warm-up

@@ -168,10 +168,7 @@ def load_sweep(path: str | Path) -> Sweep:
 
     p = Path(path)
     src = str(p)
-    data = read_yaml_mapping(p, "sweep")
-    if "base" not in data:
-        raise ConfigError(f"{src}: key 'base' (the base recipe file) is required")
-    f = load(SweepFile, data, src)
+    f = load(SweepFile, read_yaml_mapping(p, "sweep"), src)
     base = Path(f.base)
     if not base.is_file() and (p.parent / base).is_file():  # relative to the working folder, else to the sweep file
         base = p.parent / base
@@ -213,7 +210,7 @@ def _variant_key(v: Variant, ev: SweepEval) -> str:
 def trainable_count(recipe, source: str = "recipe") -> int:
     """Trainable parameters of ``recipe``'s model (builds it; nothing trains)."""
     from vlgraft.models.vlm import VLM
-    from vlgraft.train.optim import resolve_groups
+    from vlgraft.training.optim import resolve_groups
 
     vlm = VLM.from_recipe(recipe, source)
     resolve_groups(vlm, recipe.trainable)

@@ -37,12 +37,11 @@ class LocalGenerator:
         self.llm = None
 
     def _load(self):
-        import torch
-
         from vlgraft.config import LLMOptions, options_for
+        from vlgraft.inference import default_device
         from vlgraft.models.llm import build_llm
 
-        dev = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dev = default_device(self.device)
         dtype = "bfloat16" if dev.type == "cuda" else "float32"
         self.llm = build_llm(options_for(LLMOptions, self.model_name, dtype=dtype))
         self.llm.model.to(dev).eval()

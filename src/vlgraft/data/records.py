@@ -12,6 +12,8 @@ in the image's place. Every check names the file and the record.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,20 +135,26 @@ def resolve_image(path: str, image_root: Path | None, where: str) -> str:
     return str(p)
 
 
-def load_llava_json(path: str | Path, image_root: str | Path | None = None, limit: int | None = None) -> list[Record]:
-    """Read a LLaVA JSON list or JSONL file into validated records (the ``llava`` format)."""
+def iter_llava_json(path: str | Path, image_root: str | Path | None = None) -> Iterator[Record]:
+    """Validated records of a LLaVA JSON list or JSONL file (the ``llava`` format), one at a time: a
+    JSONL file is read line by line, so a consumer that stops early reads no further."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file not found: {p}")
     root = Path(image_root) if image_root else p.parent
     if p.suffix == ".jsonl":
-        raws = [raw for _, raw in iter_jsonl(p, limit or None)]
+        raws: Iterable = (raw for _, raw in iter_jsonl(p))
     else:
         raws = read_json(p)
         if not isinstance(raws, list):
             raise DataError(f"{p}: expected a JSON list of records")
-        raws = raws[:limit] if limit else raws
-    records = [parse_record(r, i, str(p), root) for i, r in enumerate(raws)]
+    for i, raw in enumerate(raws):
+        yield parse_record(raw, i, str(p), root)
+
+
+def load_llava_json(path: str | Path, image_root: str | Path | None = None, limit: int | None = None) -> list[Record]:
+    """The first ``limit`` (all: None) records of a LLaVA JSON / JSONL file; ids checked unique."""
+    records = list(itertools.islice(iter_llava_json(path, image_root), limit or None))
     check_unique_ids(records)
     return records
 

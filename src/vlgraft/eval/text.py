@@ -136,7 +136,7 @@ def base_vlm(vlm, recipe):
     from vlgraft.models.llm import build_llm
     from vlgraft.models.vlm import VLM
 
-    device = next(vlm.parameters()).device
+    device = device_of(vlm)
     bare = dataclasses.replace(recipe, methods=[])
     return VLM(vlm.vision, vlm.connector, build_llm(recipe.llm), bare).to(device).eval()
 
@@ -165,7 +165,7 @@ def before_after(vlm, recipe, text_set: TextSet | str | Path | None = None, batc
 
     console = console or Console(stderr=True)
     ts = text_set if isinstance(text_set, TextSet) else load_text_set(text_set)
-    device = next(vlm.parameters()).device
+    device = device_of(vlm)
     kw = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "precision": precision,
           "max_length": recipe.data.max_length}
     key = _before_key(recipe, ts, precision, device, max_new_tokens, recipe.data.max_length)

@@ -37,9 +37,10 @@ class MethodContext:
     image_counts: torch.Tensor | None = None  # [B] images per sample (None: at most one each)
     _memo: dict = field(default_factory=dict, repr=False)
 
-    def memo(self, owner: object, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """``compute()`` once per context for ``owner`` (a module): values computed at prefill are kept
-        for the decoding steps (MMA's routes), and shared tables are built once per forward."""
+    def memo(self, owner: object, compute: Callable[[], object]):
+        """``compute()`` once per context for ``owner`` (a module, or a name): values computed at prefill
+        are kept for the decoding steps (MMA's routes, adaptation prompts' keys and values), and shared
+        tables are built once per forward."""
         if owner not in self._memo:
             self._memo[owner] = compute()
         return self._memo[owner]
@@ -50,6 +51,9 @@ class MethodContext:
         image outside the sequence see one image-sized input per sample."""
         if self.visual is None:
             return None
+        return self.memo("visual_per_sample", self._visual_per_sample)  # read by every adapted layer
+
+    def _visual_per_sample(self) -> torch.Tensor:
         b = self.has_image.shape[0]
         counts = (self.has_image.long() if self.image_counts is None else self.image_counts).to(self.visual.device)
         owner = torch.repeat_interleave(torch.arange(b, device=self.visual.device), counts)

@@ -52,9 +52,8 @@ class GatedPrompt(nn.Module):
         if source != "visual":
             self.prompt = nn.Parameter(torch.randn(n_prompt, hidden) * init_std)
 
-    def tokens(self, batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def tokens(self, batch: int, ctx) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Prompt tokens ``[B, K, hidden]`` and a per-sample keep mask ``[B]`` (None: all)."""
-        ctx = current_context()
         if self.source == "visual":
             vis = ctx.visual_per_sample() if ctx is not None else None
             return (None, None) if vis is None else (vis, ctx.has_image)
@@ -63,14 +62,26 @@ class GatedPrompt(nn.Module):
             p = p + ctx.visual_per_sample().mean(1, keepdim=True).to(p.dtype)  # zero for text-only samples
         return p, None
 
+    def keys_values(self, attn: nn.Module, batch: int, heads: int, dtype: torch.dtype, ctx):
+        """(keys, values) ``[B, H, K, D]`` of the prompt tokens and the keep mask, or None without tokens."""
+        toks, keep = self.tokens(batch, ctx)
+        if toks is None:
+            return None
+        key, value = project_kv(attn, toks.to(kv_dtype(attn)))
+        rep = heads // key.shape[1]
+        return key.repeat_interleave(rep, 1).to(dtype), value.repeat_interleave(rep, 1).to(dtype), keep
+
     def forward(self, attn: nn.Module, query: torch.Tensor, scaling: float | None) -> torch.Tensor:
         b, h, t, d = query.shape
-        toks, keep = self.tokens(b)
-        if toks is None:
+        ctx = current_context()
+
+        def compute():
+            return self.keys_values(attn, b, h, query.dtype, ctx)
+        # the prompts are the same for every decoding step of a context: projected once
+        kv = compute() if ctx is None else ctx.memo(self, compute)
+        if kv is None:
             return query.new_zeros(b, t, h, d)
-        key, value = project_kv(attn, toks.to(kv_dtype(attn)))
-        rep = h // key.shape[1]
-        key, value = key.repeat_interleave(rep, 1).to(query.dtype), value.repeat_interleave(rep, 1).to(query.dtype)
+        key, value, keep = kv
         scale = scaling if scaling is not None else 1 / math.sqrt(d)
         probs = F.softmax((query @ key.transpose(-1, -2)).float() * scale, dim=-1).to(query.dtype)
         out = (probs @ value) * torch.tanh(self.gate).to(query.dtype).view(1, h, 1, 1)

@@ -11,7 +11,7 @@ from vlgraft.connectors import build_connector
 from vlgraft.errors import VlgraftError
 from vlgraft.methods import apply_methods
 from vlgraft.methods.base import MethodContext, use_context
-from vlgraft.models import masks
+from vlgraft.models import decoding, masks
 from vlgraft.models.llm import LanguageModel, build_llm
 from vlgraft.models.vision import VisionEncoder, build_vision
 
@@ -172,10 +172,8 @@ class VLM(nn.Module):
                 pad_token_id=tok.pad_token_id, streamer=streamer, **kw)
 
     def generate_packed(self, batch: dict, n_questions: list[int], max_new_tokens: int) -> list[list[list[int]]]:
-        """Greedy decoding of packed independent questions (``models.decoding.generate_packed``)."""
-        from vlgraft.models.decoding import generate_packed
-
-        return generate_packed(self, batch, n_questions, max_new_tokens)
+        """Greedy decoding of packed independent questions (``models.decoding``)."""
+        return decoding.generate_packed(self, batch, n_questions, max_new_tokens)
 
     # ------------------------------------------------------------------ parameters
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

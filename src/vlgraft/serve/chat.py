@@ -3,7 +3,7 @@
 Tokens stream as they are generated; each turn's generation uses the KV cache. The images are
 encoded once per session and their visual tokens reused on every turn. With describe-first
 (``data.describe_first``) the first question is asked behind the model's own description of the
-images (``data.describe``, the same exchange evaluation uses).
+images: the exchange ``data.describe`` builds for evaluation too.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from transformers import TextStreamer
 
 from vlgraft.config import Recipe, inference_precision
 from vlgraft.data.conversation import tokenize_prompt
-from vlgraft.data.describe import describe_records, with_description
+from vlgraft.data.describe import describe_prompt, with_description
 from vlgraft.data.images import load_image
 from vlgraft.data.records import IMAGE_PLACEHOLDER, Record
 from vlgraft.errors import VlgraftError
@@ -55,9 +55,9 @@ class ChatSession:
         if not self.turns and self.features is not None:
             first = Record("chat", [("user", f"{IMAGE_PLACEHOLDER}\n" * len(self.images) + question)],
                            images=self.images, source="--image")
-            if self.describe_first:
-                (self.description,) = describe_records(self.vlm, [first], self.describe_first, None, 1,
-                                                       self.describe_max_new_tokens, self.precision, show=False)
+            if self.describe_first:  # the exchange describe-first makes, decoded on the images encoded above
+                self.turns = describe_prompt(first, self.describe_first)
+                self.description = self._generate(self.describe_max_new_tokens, None)
                 first = with_description(first, self.describe_first, self.description)
                 print(f"(described first: {self.description})", file=sys.stderr)
             self.turns = list(first.turns)

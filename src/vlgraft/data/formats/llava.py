@@ -6,10 +6,11 @@ Spec: the file's path (``data/train.json``), or ``llava:PATH``; image paths reso
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from vlgraft.config import FormatOptions
-from vlgraft.data.records import Record, load_llava_json
+from vlgraft.data.records import Record, iter_llava_json
 from vlgraft.options import option
 from vlgraft.registry import DATASET
 
@@ -21,5 +22,5 @@ class LlavaOptions(FormatOptions):
 
 
 @DATASET.register("llava", options=LlavaOptions)
-def llava(o: LlavaOptions) -> list[Record]:
-    return load_llava_json(o.path, o.image_root)
+def llava(o: LlavaOptions) -> Iterator[Record]:
+    return iter_llava_json(o.path, o.image_root)

@@ -9,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-from vlgraft.config import ParamGroup, Recipe
+from vlgraft.config import ParamGroup, Recipe, check_lr
 from vlgraft.errors import ConfigError
 
 COMPONENTS = ("vision", "connector", "llm")
@@ -71,8 +71,7 @@ def mm1_lr(llm: nn.Module) -> float:
 def group_lr(g: ParamGroup, llm: nn.Module | None = None) -> tuple[float, float]:
     """(lr, weight decay) of a group; ``lr: mm1`` follows the LLM's size, with weight decay 0.1 x lr."""
     if isinstance(g.lr, str):
-        if g.lr != "mm1":
-            raise ConfigError(f"trainable group {g.name!r}: lr must be a number or 'mm1', got {g.lr!r}")
+        check_lr(g, "trainable")
         if llm is None:
             raise ConfigError(f"trainable group {g.name!r}: lr: mm1 needs the model")
         lr = mm1_lr(llm)

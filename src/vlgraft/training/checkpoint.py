@@ -163,7 +163,7 @@ def load_vlm(path: str | Path, device: str | torch.device = "cpu", overrides: li
     or train settings), re-apply methods, load the trained weights. Returns (vlm, recipe, checkpoint)."""
     from vlgraft.config import load_recipe
     from vlgraft.models.vlm import VLM
-    from vlgraft.train.optim import resolve_groups
+    from vlgraft.training.optim import resolve_groups
 
     ckpt = find_checkpoint(path)
     recipe = load_recipe(ckpt / "recipe.yaml", overrides, saved=True)

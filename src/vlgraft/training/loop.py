@@ -35,9 +35,9 @@ from vlgraft.errors import ConfigError, VlgraftError
 from vlgraft.files import read_json
 from vlgraft.models.vlm import VLM
 from vlgraft.report import print_split
-from vlgraft.train import checkpoint as ckpt
-from vlgraft.train.optim import build_optimizer, build_scheduler, resolve_groups
-from vlgraft.train.trackers import JSONLTracker
+from vlgraft.training import checkpoint as ckpt
+from vlgraft.training.optim import build_optimizer, build_scheduler, resolve_groups
+from vlgraft.training.trackers import JSONLTracker
 
 # Settings that may change on --resume (everything else must match the saved recipe); a key ending
 # in "." stands for its whole section.
@@ -53,6 +53,7 @@ class Run:
     console: Console
     out: Path
     resume_from: Path | None  # the checkpoint a resumed run continues from
+    overwrite: bool  # replace what the output folder holds
 
     @property
     def main(self) -> bool:
@@ -94,7 +95,7 @@ def setup_run(recipe: Recipe, resume: bool, overwrite: bool, console: Console | 
     accel = Accelerator(mixed_precision="bf16" if tc.precision == "bf16" else "no", cpu=not torch.cuda.is_available(),
                         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
                         log_with=[JSONLTracker(out / "metrics.jsonl"), "tensorboard"], project_dir=str(out))
-    run = Run(accel, console or Console(stderr=True, quiet=not accel.is_main_process), out, None)
+    run = Run(accel, console or Console(stderr=True, quiet=not accel.is_main_process), out, None, overwrite)
     if not resume and not overwrite and ((out / "final").exists() or run.checkpoints.exists()):
         raise VlgraftError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
     if resume:
@@ -181,7 +182,7 @@ def fit(recipe: Recipe, run: Run, vlm, resolved, data: Data) -> None:
         ckpt.load_scheduler(scheduler, run.resume_from)
         start = read_json(run.resume_from / "trainer_state.json")["global_step"]
         console.print(f"resuming from {run.resume_from} at step {start}")
-    elif run.out.exists() and main:  # --overwrite (an existing run without it was refused in setup_run)
+    elif run.out.exists() and run.overwrite and main:
         for sub in ("checkpoints", "final", "tb"):
             shutil.rmtree(run.out / sub, ignore_errors=True)
         (run.out / "metrics.jsonl").unlink(missing_ok=True)
