@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import yaml
 
 from vlgraft.errors import ConfigError
-from vlgraft.options import Part, help_lines, load, option, to_dict
+from vlgraft.options import Part, check_values, help_lines, load, option, to_dict
 from vlgraft.registry import CONNECTOR, DATASET, LLM, METHOD, VISION
 
 PRECISIONS = ("fp32", "bf16")
@@ -113,7 +113,7 @@ class ParamGroup:
                                "parameters (and '<method>.<group>' one of its groups)")
     lr: float | str = option(1e-4, "peak learning rate of this group, or 'mm1': MM1's fit to the LLM's "
                              "non-embedding parameter count N, exp(-0.4214 ln N - 0.5535), with weight decay "
-                             "0.1 x lr")
+                             "0.1 x lr", gt=0)
     weight_decay: float = option(0.0, "AdamW weight decay of this group (with lr: mm1, 0.1 x lr)", min=0)
 
 
@@ -121,9 +121,9 @@ class ParamGroup:
 class MixSource:
     train: DataSource = option(MISSING, "a training data source, as data.train")
     weight: float | None = option(None, "sampling ratio against the other sources (e.g. 5, 5, 1); the source's "
-                                  "records cycle, each pass reshuffled")
+                                  "records cycle, each pass reshuffled", gt=0)
     epochs: float | None = option(None, "passes over this source instead of a weight (then every source gives "
-                                  "epochs, and the run's length follows from them unless train.max_steps is set)")
+                                  "epochs, and the run's length follows from them unless train.max_steps is set)", gt=0)
     image_root: str | None = option(None, "as data.image_root, for this source")
     limit: int | None = option(None, "use only this source's first N records", min=1)
 
@@ -146,6 +146,8 @@ class DataConfig:
                         "image prefix (one image encoding per record, no answer visible to another question)",
                         choices=("conversation", "independent"))
     limit: int | None = option(None, "use only the first N training records", min=1)
+    max_image_pixels: int = option(89_478_485, "largest image accepted, in pixels (width x height); a larger one "
+                                   "is an error naming the record (a decompression bomb guard)", min=1)
     describe_first: str | None = option(None, "a request such as 'Describe the image.': every question about an "
                                         "image is asked behind a first exchange in which the model describes the "
                                         "image (LLaMA-Adapter V2's expert captions, the model as its own expert); "
@@ -156,7 +158,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     output_dir: str = option("runs/default", "run folder: checkpoints, metrics.jsonl, tensorboard")
-    epochs: float = option(1.0, "passes over the training data (fractions allowed)", min=0)
+    epochs: float = option(1.0, "passes over the training data (fractions allowed)", gt=0)
     max_steps: int | None = option(None, "optimizer steps; overrides epochs when set", min=1)
     batch_size: int = option(16, "micro-batch per process", min=1)
     grad_accum: int = option(1, "micro-batches per optimizer step (global batch = batch_size x grad_accum x "
@@ -164,9 +166,9 @@ class TrainConfig:
     schedule: str = option("cosine", "learning-rate schedule (transformers.get_scheduler, with warm-up)",
                            choices=("cosine", "linear", "constant"))
     warmup_ratio: float = option(0.03, "fraction of steps with linear warm-up", min=0, max=1)
-    max_grad_norm: float | None = option(1.0, "gradient clipping norm; null disables", min=0)
+    max_grad_norm: float | None = option(1.0, "gradient clipping norm; null disables", gt=0)
     precision: str = option("bf16", "autocast precision, on CPU and GPU", choices=PRECISIONS)
-    seed: int = option(0, "seed for initialisation, data order and dropout")
+    seed: int = option(0, "seed for initialisation, data order and dropout", min=0, max=2**32 - 1)
     feature_cache: bool = option(True, "cache frozen image-encoder features on disk (keyed by encoder, "
                                  "preprocessing and image bytes)")
     log_every: int = option(10, "optimizer steps between metric records", min=1)
@@ -293,9 +295,18 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         try:
             value = yaml.safe_load(v)
         except yaml.YAMLError as e:
-            raise ConfigError(f"override {ov!r}: the value is not valid YAML: {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"override {ov!r}: the value is not valid YAML: {yaml_error(e)}") from None
+        except RecursionError:
+            raise ConfigError(f"override {ov!r}: the value is nested too deeply") from None
         _set_dotted(data, k.strip(), value, f"override {ov!r}")
     return data
+
+
+def yaml_error(e: yaml.YAMLError) -> str:
+    """A YAML error on one line, with its line and column where the parser gives them."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict:
@@ -304,9 +315,13 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict:
     if not p.is_file():
         raise ConfigError(f"{what} file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_bytes().decode("utf-8-sig")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{p}: not valid YAML: {yaml_error(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: YAML nested too deeply to read") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: a {what} must be a mapping at the top level")
     return data
@@ -360,6 +375,7 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     """What no single key can check: relations between keys, and data sources that must name a format."""
     from vlgraft.data.sources import parse_source
 
+    check_values(r, source)  # the declared ranges, also for a Recipe built or changed in code
     if r.data.describe_first is not None and not r.data.describe_first.strip():
         raise ConfigError(f"{source}: key 'data.describe_first' must be a non-empty request (text) or null")
     for g in r.trainable:
@@ -376,9 +392,6 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     for i, m in enumerate(r.data.mixture):
         if m.weight is not None and m.epochs is not None:
             raise ConfigError(f"{source}: data.mixture[{i}] ({m.train}): set 'weight' or 'epochs', not both")
-        share = m.epochs if m.epochs is not None else m.weight
-        if share is not None and share <= 0:
-            raise ConfigError(f"{source}: data.mixture[{i}] ({m.train}): weight/epochs must be > 0, got {share}")
     for key, spec in [("data.train", r.data.train), ("data.eval", r.data.eval)] + [
             (f"data.mixture[{i}].train", m.train) for i, m in enumerate(r.data.mixture)]:
         if spec is not None:

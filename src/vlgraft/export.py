@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from vlgraft.config import dump_recipe
 from vlgraft.errors import VlgraftError
-from vlgraft.files import atomic_path
+from vlgraft.files import atomic_path, ensure_writable
 
 
 def export(run: str | Path, out: Path, overwrite: bool = False, overrides: list[str] | None = None) -> dict:
@@ -24,6 +24,7 @@ def export(run: str | Path, out: Path, overwrite: bool = False, overrides: list[
 
     if out.exists() and not overwrite:
         raise VlgraftError(f"{out} exists; pass --overwrite to replace it")
+    ensure_writable(out.parent, "export's parent folder")
     vlm, recipe, ckpt = load_vlm(run, overrides=overrides)
     kept = [m for m in vlm.methods if not m.mergeable]
     kept_keys = {m.name: m.checkpoint_keys(vlm) for m in kept}  # before any merge renames a module

@@ -30,10 +30,11 @@ from vlgraft.errors import ConfigError
 
 
 def option(default: Any = MISSING, help: str = "", *, factory: Any = None, choices: tuple | None = None,
-           min: float | None = None, max: float | None = None):
-    """A dataclass field with its help text, and optionally its allowed values or numeric range
-    (checked when loaded; for a list, on every item)."""
-    meta = {"help": help, "choices": choices, "min": min, "max": max}
+           min: float | None = None, max: float | None = None, gt: float | None = None):
+    """A dataclass field with its help text, and optionally its allowed values or numeric range: ``min``
+    / ``max`` inclusive, ``gt`` exclusive (checked when loaded; for a list, on every item). A float is
+    always checked to be finite."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "gt": gt}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -162,16 +163,18 @@ def _check(value: Any, f: dataclasses.Field, key: str, source: str) -> None:
     """The field's declared choices and range."""
     if value is None:
         return
-    choices, lo, hi = f.metadata.get("choices"), f.metadata.get("min"), f.metadata.get("max")
+    choices, lo, hi, gt = (f.metadata.get(k) for k in ("choices", "min", "max", "gt"))
     for k, v in enumerate(value) if isinstance(value, (list, tuple)) else [(None, value)]:
         where = key if k is None else f"{key}[{k}]"
         if choices is not None and v not in choices:
             raise ConfigError(f"{source}: key '{where}' must be one of {', '.join(map(str, choices))}; got {v!r}")
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            if isinstance(v, float) and not math.isfinite(v) and (lo is not None or hi is not None):
+            if isinstance(v, float) and not math.isfinite(v):
                 raise ConfigError(f"{source}: key '{where}' must be a finite number; got {v!r}")
             if lo is not None and v < lo:
                 raise ConfigError(f"{source}: key '{where}' must be >= {lo}; got {v!r}")
+            if gt is not None and v <= gt:
+                raise ConfigError(f"{source}: key '{where}' must be > {gt}; got {v!r}")
             if hi is not None and v > hi:
                 raise ConfigError(f"{source}: key '{where}' must be <= {hi}; got {v!r}")
 
@@ -198,6 +201,22 @@ def load(cls: type, data: dict, source: str = "options", prefix: str = "", part:
     return cls(**kwargs)
 
 
+def check_values(obj: Any, source: str = "options", prefix: str = "") -> None:
+    """The declared choices and ranges of every field of dataclass ``obj`` and of the dataclasses in it
+    (for objects built or changed in code, which ``load`` did not see)."""
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_values(value, source, f"{key}.")
+            continue
+        if isinstance(value, list) and any(dataclasses.is_dataclass(v) for v in value):
+            for i, v in enumerate(value):
+                if dataclasses.is_dataclass(v):
+                    check_values(v, source, f"{key}[{i}].")
+            continue
+        _check(value, f, key, source)
+
+
 def to_dict(obj: Any) -> Any:
     return dataclasses.asdict(obj)
 
@@ -219,10 +238,10 @@ def _line(f: dataclasses.Field, tp: Any, key: str) -> str:
     extra = ""
     if f.metadata.get("choices"):
         extra += f"; one of {' | '.join(map(str, f.metadata['choices']))}"
-    lo, hi = f.metadata.get("min"), f.metadata.get("max")
-    if lo is not None or hi is not None:
-        extra += f"; {'' if lo is None else f'>= {lo}'}{', ' if lo is not None and hi is not None else ''}" \
-                 f"{'' if hi is None else f'<= {hi}'}"
+    bounds = [f"{op} {f.metadata[k]}" for k, op in (("min", ">="), ("gt", ">"), ("max", "<="))
+              if f.metadata.get(k) is not None]
+    if bounds:
+        extra += "; " + ", ".join(bounds)
     return f"  {key} ({type_name(tp)}, default {_default(f)!r}{extra}): {f.metadata.get('help', '')}"
 
 

@@ -16,7 +16,7 @@ class GeneratorOptions:
                                "model name")
     base_url: str = option("https://api.openai.com/v1", "openai: endpoint base URL, up to /v1")
     api_key_env: str = option("OPENAI_API_KEY", "openai: environment variable holding the API key")
-    timeout: float = option(120.0, "openai: seconds per request", min=0)
+    timeout: float = option(120.0, "openai: seconds per request", gt=0)
     device: str | None = option(None, "local: torch device (default: cuda if available)")
 
 

@@ -13,11 +13,12 @@ import hashlib
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from vlgraft.data.images import LOADER_VERSION, load_image
-from vlgraft.files import atomic_path
+from vlgraft.errors import DataError
+from vlgraft.files import atomic_path, read_safetensors, remove_leftovers
 from vlgraft.paths import feature_cache_root
 
 
@@ -40,7 +41,11 @@ class FeatureCache:
         return self.dir / d[:2] / f"{d}.safetensors"
 
     def load(self, image_path: str) -> torch.Tensor:
-        return load_file(self.entry(image_path))["features"].float()
+        path = self.entry(image_path)
+        tensors = read_safetensors(path)
+        if "features" not in tensors:
+            raise DataError(f"{path}: a feature-cache entry without features (delete it to encode the image again)")
+        return tensors["features"].float()
 
     def _save(self, path: Path, feats: torch.Tensor) -> None:
         with atomic_path(path) as tmp:
@@ -51,6 +56,9 @@ class FeatureCache:
              rank: int = 0, world: int = 1, show: bool = True) -> int:
         """Encode every (image path, record name) not yet cached; this process takes every world-th one.
         Returns how many this process encoded."""
+        if rank == 0 and self.dir.is_dir():  # entries a killed writer left half-written (not a live one's)
+            for sub in self.dir.iterdir():
+                remove_leftovers(sub, older_than_s=3600)
         todo = sorted({p: w for p, w in items}.items())[rank::world]
         todo = [(p, w) for p, w in todo if not self.entry(p).is_file()]
         enc = self.encoder.to(device).eval()

@@ -175,19 +175,33 @@ def tokenize_independent(rec: Record, llm: LanguageModel, n_img: int, max_length
     ids, labels = [ids0[:p]], [singles[0]["labels"][:p]]
     pos, seg = [torch.arange(p)], [torch.zeros(p, dtype=torch.long)]
     total, kept = p, 0
-    if p > max_length:
-        raise DataError(f"{rec.where}: the shared prefix ({p} tokens) exceeds data.max_length={max_length}")
+    if p >= max_length:  # the context before the first answer does not leave room for one answer token
+        what = "the image and question" if len(singles) == 1 else "the image prefix shared by the questions"
+        if IMAGE_TOKEN_ID in ids0[max_length:].tolist():
+            raise DataError(f"{rec.where}: {what} take {p} tokens, more than data.max_length={max_length}, and "
+                            "truncation would cut visual tokens; raise max_length or shorten the record")
+        raise DataError(f"{rec.where}: {what} take {p} tokens, so no answer token fits data.max_length="
+                        f"{max_length}; raise max_length or shorten the record")
     for k, s in enumerate(singles, 1):
         n = len(s["input_ids"]) - p
         if total + n > max_length:
-            log.warning("%s: %d of %d questions dropped to fit data.max_length=%d", rec.where,
-                        len(singles) - kept, len(singles), max_length)
-            break
+            room = max_length - total
+            if kept == 0 and room >= 2:  # the first question is cut, as a conversation would be
+                n = room
+                s = {key: s[key][:p + n] for key in ("input_ids", "labels")}
+                log.warning("%s: truncated to %d tokens (data.max_length)%s", rec.where, max_length,
+                            f", {len(singles) - 1} more questions dropped" if len(singles) > 1 else "")
+            else:
+                log.warning("%s: %d of %d questions dropped to fit data.max_length=%d", rec.where,
+                            len(singles) - kept, len(singles), max_length)
+                break
         ids.append(s["input_ids"][p:])
         labels.append(s["labels"][p:])
         pos.append(torch.arange(p, p + n))
         seg.append(torch.full((n,), k))
         total, kept = total + n, kept + 1
+        if n < len(singles[k - 1]["input_ids"]) - p:  # this one was cut: nothing more fits
+            break
     if kept == 0:
         raise DataError(f"{rec.where}: no question fits data.max_length={max_length}")
     return {"input_ids": torch.cat(ids), "labels": torch.cat(labels), "position_ids": torch.cat(pos),

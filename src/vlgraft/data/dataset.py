@@ -9,6 +9,7 @@ from vlgraft.data.cache import FeatureCache
 from vlgraft.data.conversation import IGNORE, tokenize_conversation, tokenize_independent
 from vlgraft.data.images import load_image
 from vlgraft.data.records import Record
+from vlgraft.errors import DataError
 
 
 def image_input(rec: Record, cache: FeatureCache | None, vision, n_images: int | None = None) -> dict:
@@ -35,6 +36,12 @@ class ConversationDataset(torch.utils.data.Dataset):
         self.cache = cache
         self.vision = vlm.vision
         tok = tokenize_independent if turns == "independent" else tokenize_conversation
+        for r in records:
+            blank = next((k for k, (role, text) in enumerate(r.turns)
+                          if role == "assistant" and not text.strip()), None)
+            if blank is not None:
+                raise DataError(f"{r.where}: turn {blank} is an empty answer: it would teach the model to say "
+                                "nothing (remove the turn or the record)")
         self.examples = [tok(r, vlm.llm, vlm.num_image_tokens, max_length) for r in records]
 
     def __len__(self) -> int:

@@ -7,13 +7,14 @@ from pathlib import Path
 from vlgraft.config import Recipe, inference_precision
 from vlgraft.eval.text import before_after, load_text_set, print_text_ability
 from vlgraft.eval.vqa import evaluate, write_result
-from vlgraft.files import read_json
+from vlgraft.files import ensure_writable, read_json
 
 
 def run_eval(vlm, recipe: Recipe, out: Path) -> dict:
     """VQA on ``data.eval`` (unless ``eval.text: only``) and the text ability before and after training
     (``eval.text``: also / only), written to ``out`` and its predictions files beside it."""
     cfg, precision = recipe.eval, inference_precision(recipe)
+    ensure_writable(out.parent, "folder of the eval result (--out)")  # before the model generates anything
     text_set = load_text_set(cfg.text_set) if cfg.text != "off" else None  # a bad text set fails before any work
     result: dict = {}
     if cfg.text != "only":

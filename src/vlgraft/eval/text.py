@@ -160,7 +160,7 @@ def before_after(vlm, recipe, text_set: TextSet | str | Path | None = None, batc
                  console: Console | None = None) -> dict:
     """``{before, after, change}`` for trained ``vlm`` against the base LLM of ``recipe``; also the
     per-question predictions under ``predictions``."""
-    from vlgraft.files import read_json, write_json
+    from vlgraft.files import OutputError, read_json, write_json
     from vlgraft.paths import cache_root
 
     console = console or Console(stderr=True)
@@ -177,7 +177,10 @@ def before_after(vlm, recipe, text_set: TextSet | str | Path | None = None, batc
         before = text_ability(base, ts, **kw)
         del base
         if use_cache:
-            write_json(cache, before, indent=None)
+            try:
+                write_json(cache, before, indent=None)
+            except OutputError as e:  # the cache only saves time: the measure goes on
+                console.print(f"text ability: not cached ({e})")
         before["cached"] = False
     else:
         before["cached"] = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import string
+import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -19,7 +20,7 @@ from vlgraft.data.dataset import collate
 from vlgraft.data.describe import describe_records, gold_description, with_descriptions, with_gold_descriptions
 from vlgraft.data.sources import load_records
 from vlgraft.errors import DataError
-from vlgraft.files import write_json, write_jsonl
+from vlgraft.files import OutputError, write_json, write_jsonl
 from vlgraft.inference import autocast, device_of, generate_answers
 from vlgraft.options import to_dict
 
@@ -102,9 +103,20 @@ def heldout_nll(vlm, records, turns: str, max_length: int, cache, batch_size: in
 
 
 def write_result(out: Path, result: dict, rows: list[dict], rows_suffix: str) -> None:
-    """``result`` as JSON at ``out`` and ``rows`` as JSONL beside it, each written atomically."""
-    write_json(out, result)
-    write_jsonl(out.with_suffix(rows_suffix), rows)
+    """``result`` as JSON at ``out`` and ``rows`` as JSONL beside it, each written atomically. If that
+    fails (disk full, ...), the work is not lost: both go to the system's temporary folder, and the
+    error says where."""
+    try:
+        write_json(out, result)
+        write_jsonl(out.with_suffix(rows_suffix), rows)
+    except OutputError as e:
+        spare = Path(tempfile.mkdtemp(prefix="vlgraft-eval-")) / out.name
+        try:
+            write_json(spare, result)
+            write_jsonl(spare.with_suffix(rows_suffix), rows)
+        except OutputError:
+            raise e from None
+        raise OutputError(f"{e}; the results were written to {spare} instead") from None
 
 
 @torch.no_grad()

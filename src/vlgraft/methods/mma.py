@@ -78,7 +78,7 @@ class _Plain(nn.Module):
 @dataclass
 class MMAOptions(MethodOptions):
     bottleneck: int = option(8, "adapter width (LaVIN's)", min=1)
-    temperature: float = option(10.0, "router softmax temperature (> 0)", min=1e-6)
+    temperature: float = option(10.0, "router softmax temperature", gt=0)
     scale: float = option(1.0, "scale of the adapters' output")
     vision: bool = option(True, "also adapt the vision side (tower layers, or the neck of a CNN tower)")
 

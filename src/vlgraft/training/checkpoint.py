@@ -13,11 +13,12 @@ import random
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from vlgraft.config import dump_recipe
+from vlgraft.data.images import set_max_pixels
 from vlgraft.errors import VlgraftError
-from vlgraft.files import atomic_path
+from vlgraft.files import atomic_path, read_json, read_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,11 @@ def restore_rng(path: Path, rank: int) -> None:
     if not (path / f"rng-{rank}.safetensors").is_file():  # a run stopped before this process wrote it
         log.warning("%s has no RNG state for process %d; its random streams restart from the seed", path, rank)
         return
-    t = load_file(path / f"rng-{rank}.safetensors")
+    t = read_safetensors(path / f"rng-{rank}.safetensors")
     torch.set_rng_state(t["torch"])
     if "cuda" in t and torch.cuda.is_available():
         torch.cuda.set_rng_state(t["cuda"])
-    py = json.loads((path / f"rng-{rank}.json").read_text())
+    py = read_json(path / f"rng-{rank}.json")
     random.setstate((py[0], tuple(py[1]), py[2]))
 
 
@@ -80,7 +81,7 @@ def load_trainable(model, path: Path) -> None:
     f = path / "trainable.safetensors"
     if not f.is_file():
         raise VlgraftError(f"{path}: not a checkpoint (no trainable.safetensors)")
-    weights = load_file(f)
+    weights = read_safetensors(f)
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     missing, extra = sorted(set(params) - set(weights)), sorted(set(weights) - set(params))
     if missing or extra:
@@ -95,8 +96,13 @@ def saved_param_count(path: Path) -> int:
     from the header without loading a tensor."""
     from safetensors import safe_open
 
-    with safe_open(str(Path(path) / "trainable.safetensors"), "pt") as f:
-        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 (not a dict)
+    f = Path(path) / "trainable.safetensors"
+    try:
+        with safe_open(str(f), "pt") as st:
+            return sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())  # noqa: SIM118 (not a dict)
+    except Exception:  # damaged or foreign: the reader's error names the file
+        read_safetensors(f)
+        raise
 
 
 def load_init(model, recipe, _seen: tuple[Path, ...] = ()) -> list[Path]:
@@ -119,7 +125,7 @@ def load_init(model, recipe, _seen: tuple[Path, ...] = ()) -> list[Path]:
             raise VlgraftError(f"init_from: {ckpt} was trained with {key}={a!r}, this recipe has {b!r}")
     loaded = load_init(model, ref, _seen + (ckpt.resolve(),))
     f = ckpt / "trainable.safetensors"
-    weights = load_file(f)
+    weights = read_safetensors(f)
     params = dict(model.named_parameters())
     extra = sorted(set(weights) - set(params))
     if extra:
@@ -130,17 +136,17 @@ def load_init(model, recipe, _seen: tuple[Path, ...] = ()) -> list[Path]:
 
 
 def load_optimizer(optimizer, path: Path) -> None:
-    tensors = load_file(path / "optimizer.safetensors")
+    tensors = read_safetensors(path / "optimizer.safetensors")
     state: dict = {}
     for k, v in tensors.items():
         _, i, name = k.split(".", 2)
         state.setdefault(int(i), {})[name] = v
-    groups = json.loads((path / "optimizer.json").read_text())
+    groups = read_json(path / "optimizer.json")
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
 def load_scheduler(scheduler, path: Path) -> None:
-    state = json.loads((path / "scheduler.json").read_text())
+    state = read_json(path / "scheduler.json")
     state["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)  # the schedule function is rebuilt from the recipe
     scheduler.load_state_dict(state)
 
@@ -167,6 +173,7 @@ def load_vlm(path: str | Path, device: str | torch.device = "cpu", overrides: li
 
     ckpt = find_checkpoint(path)
     recipe = load_recipe(ckpt / "recipe.yaml", overrides, saved=True)
+    set_max_pixels(recipe.data.max_image_pixels)
     vlm = VLM.from_recipe(recipe, str(ckpt / "recipe.yaml"))
     resolve_groups(vlm, recipe.trainable)
     load_init(vlm, recipe)

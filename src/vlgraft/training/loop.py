@@ -28,20 +28,21 @@ from vlgraft.config import Recipe, dump_recipe, load_recipe, to_dict, validate
 from vlgraft.data.cache import FeatureCache
 from vlgraft.data.dataset import ConversationDataset, collate
 from vlgraft.data.describe import with_gold_descriptions
-from vlgraft.data.images import load_image
+from vlgraft.data.images import load_image, set_max_pixels
 from vlgraft.data.mixture import load_training_data
 from vlgraft.data.sampler import MicroBatches
 from vlgraft.errors import ConfigError, VlgraftError
-from vlgraft.files import read_json
+from vlgraft.files import OutputError, ensure_writable, read_json, remove_leftovers
 from vlgraft.models.vlm import VLM
 from vlgraft.report import print_split
 from vlgraft.training import checkpoint as ckpt
 from vlgraft.training.optim import build_optimizer, build_scheduler, resolve_groups
-from vlgraft.training.trackers import JSONLTracker
+from vlgraft.training.trackers import JSONLTracker, keep_metrics_until
 
 # Settings that may change on --resume (everything else must match the saved recipe); a key ending
 # in "." stands for its whole section.
 RESUMABLE_CHANGES = {"train.max_steps", "train.epochs", "train.save_every", "train.log_every", "train.keep_checkpoints",
+                     "train.output_dir",  # a run folder copied or moved elsewhere resumes there
                      "eval.", "chat."}
 
 
@@ -98,6 +99,10 @@ def setup_run(recipe: Recipe, resume: bool, overwrite: bool, console: Console | 
     run = Run(accel, console or Console(stderr=True, quiet=not accel.is_main_process), out, None, overwrite)
     if not resume and not overwrite and ((out / "final").exists() or run.checkpoints.exists()):
         raise VlgraftError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    ensure_writable(out, "run folder (train.output_dir)")  # before any work, not at the first checkpoint
+    if run.main:  # what an interrupted (killed) run's atomic writes left behind
+        for folder in (out, run.checkpoints):
+            remove_leftovers(folder)
     if resume:
         steps = sorted(run.checkpoints.glob("step-*")) if run.checkpoints.is_dir() else []
         if not steps:
@@ -136,6 +141,7 @@ def build_data(recipe: Recipe, vlm, run: Run) -> Data:
     """Every training record validated and tokenised, every image checked (or its features cached),
     before any output is written; and the run's length in optimizer steps."""
     accel, console, tc = run.accel, run.console, recipe.train
+    set_max_pixels(recipe.data.max_image_pixels)
     records, sources = load_training_data(recipe.data)
     if recipe.data.describe_first:
         records, n_desc = with_gold_descriptions(records, recipe.data.describe_first)
@@ -147,6 +153,7 @@ def build_data(recipe: Recipe, vlm, run: Run) -> Data:
     cache = FeatureCache(vlm.vision, tc.precision) if tc.feature_cache and vlm.vision_cacheable() else None
     images = [(p, r.where) for r in records for p in r.images]
     if cache is not None:
+        ensure_writable(cache.dir, "feature cache ($VLGRAFT_FEATURE_CACHE, or train.feature_cache: false)")
         t0 = time.time()
         n_new = cache.fill(images, accel.device, rank=accel.process_index, world=accel.num_processes, show=run.main)
         accel.wait_for_everyone()
@@ -182,6 +189,8 @@ def fit(recipe: Recipe, run: Run, vlm, resolved, data: Data) -> None:
         ckpt.load_scheduler(scheduler, run.resume_from)
         start = read_json(run.resume_from / "trainer_state.json")["global_step"]
         console.print(f"resuming from {run.resume_from} at step {start}")
+        if main:  # the steps logged after that checkpoint are trained again: their records go
+            keep_metrics_until(run.out / "metrics.jsonl", start)
     elif run.out.exists() and run.overwrite and main:
         for sub in ("checkpoints", "final", "tb"):
             shutil.rmtree(run.out / sub, ignore_errors=True)
@@ -230,6 +239,7 @@ def fit(recipe: Recipe, run: Run, vlm, resolved, data: Data) -> None:
             steps_by_modality[kind] += 1
         n_local = sum(int((m["labels"][:, 1:] != -100).sum()) for m in micro)
         n_global = accel.reduce(torch.tensor(float(n_local), device=accel.device), "sum").item()
+        step_loss = torch.zeros((), device=accel.device)
         for a, m in enumerate(micro):
             m = {k: (v.to(accel.device) if torch.is_tensor(v) else v) for k, v in m.items()}
             sync = a == len(micro) - 1
@@ -240,6 +250,7 @@ def fit(recipe: Recipe, run: Run, vlm, resolved, data: Data) -> None:
                                        "(e.g. text-only records while only the connector trains); drop those records "
                                        "or make a language-side group trainable")
                 accel.backward(out_m["loss_sum"] / n_global * world)  # DDP averages gradients over processes
+            step_loss += out_m["loss_sum"].detach().float()
             loss_win += torch.stack([out_m["loss_sum"].detach().float(),
                                      torch.tensor(float(out_m["n_tokens"]), device=accel.device)])
             samples_win += m["input_ids"].shape[0]
@@ -250,6 +261,7 @@ def fit(recipe: Recipe, run: Run, vlm, resolved, data: Data) -> None:
                     for p in grp["params"]:
                         p.grad = None
         grad_norm = accel.clip_grad_norm_(trainable, tc.max_grad_norm) if tc.max_grad_norm is not None else None
+        check_finite(run, step + 1, step_loss, grad_norm)  # before the step: no weight becomes NaN
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -278,6 +290,20 @@ def fit(recipe: Recipe, run: Run, vlm, resolved, data: Data) -> None:
     accel.end_training()
 
 
+def check_finite(run: Run, step: int, loss: torch.Tensor, grad_norm) -> None:
+    """Stop training, naming the step, when the loss or the gradient norm of any process is NaN or
+    infinite: the step is not taken and no checkpoint is written, so the last one stays good."""
+    values = torch.stack([loss, torch.as_tensor(0.0 if grad_norm is None else grad_norm, device=loss.device).float()])
+    bad = run.accel.reduce((~torch.isfinite(values)).float(), "sum")
+    if bool(bad.any()):
+        what = "loss" if bad[0] else "gradient norm"
+        earlier = sorted(run.checkpoints.glob("step-*"))
+        kept = f"the last checkpoint, {earlier[-1]}, is kept" if earlier else "no checkpoint was written"
+        raise VlgraftError(f"step {step}: the {what} is not finite ({float(values[0 if bad[0] else 1]):g}); training "
+                           f"stopped before taking the step, and {kept}. Lower the learning rate, check the data, or "
+                           "train in fp32")
+
+
 def batch_modality(micro: list[dict], accel) -> str:
     """'image' or 'text' for a global batch that is all one modality (checked across processes)."""
     flags = torch.cat([m["has_image"] for m in micro]).to(accel.device)
@@ -299,7 +325,13 @@ def save_checkpoints(run: Run, recipe: Recipe, vlm, optimizer, scheduler, step: 
     path = run.checkpoints / f"step-{step:06d}"
     if main:
         opt = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer  # unwrap accelerate's
-        ckpt.save_checkpoint(path, vlm, recipe, opt, scheduler, state)
+        try:
+            ckpt.save_checkpoint(path, vlm, recipe, opt, scheduler, state)
+        except OutputError as e:
+            earlier = sorted(run.checkpoints.glob("step-*"))
+            kept = f"the last complete checkpoint, {earlier[-1]}, is intact (--resume continues from it)" if earlier \
+                else "no earlier checkpoint exists"
+            raise OutputError(f"training stopped at step {step}: {e}; {kept}") from None
     accel.wait_for_everyone()
     if not main:
         ckpt.save_rng(path, accel.process_index)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from accelerate.tracking import GeneralTracker, on_main_process
 
+from vlgraft.files import write_text_atomic
+
 
 def _finite(value):
     """JSON has no NaN / inf: such a number is written as null (with the rest of the record)."""
@@ -54,3 +56,19 @@ class JSONLTracker(GeneralTracker):
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+def keep_metrics_until(path: Path, step: int) -> None:
+    """Drop the records after ``step`` from a metrics file (a resumed run logs those steps again); a
+    torn last line (the process was killed while writing it) goes too."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+            kept.append(line + "\n")
+    write_text_atomic(path, "".join(kept))
