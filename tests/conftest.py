@@ -24,6 +24,15 @@ def _isolated_cache(tmp_path_factory):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _default_image_limit():
+    """A command sets the image pixel limit from its recipe (data.max_image_pixels); reset it after each test."""
+    yield
+    from vlgraft.data.images import set_max_pixels
+
+    set_max_pixels(None)
+
+
 @pytest.fixture(scope="session")
 def tokenizer_dir():
     from vlgraft.zoo.smollm2 import converted_dir
@@ -134,6 +143,12 @@ def tiny_recipe_dict(llm_dir: Path, clip_dir: Path, data: Path, out: Path, **tra
                   "log_every": 1, "warmup_ratio": 0.0, **train},
         "eval": {"batch_size": 8, "max_new_tokens": 4},
     }
+
+
+@pytest.fixture(scope="session")
+def recipe_dict():
+    """``recipe_dict(llm_dir, clip_dir, data, out, **train)``: a tiny recipe as plain data."""
+    return tiny_recipe_dict
 
 
 @pytest.fixture

@@ -129,7 +129,7 @@ def test_prefix_tuning_equals_a_prefilled_kv_cache(tiny_recipe):
         cache = DynamicCache()
         for i in range(table.shape[0]):
             cache.update(table[i, 0][None].clone(), table[i, 1][None].clone(), i)
-        ref = model(input_ids=ids, past_key_values=cache, position_ids=torch.arange(4)[None],
+        ref = model(input_ids=ids, **{vlm.llm.cache_kwarg: cache}, position_ids=torch.arange(4)[None],
                     attention_mask=torch.ones(1, 7, dtype=torch.long)).logits
         for layer, h in zip(decoder_layers(model), hooks):
             attention_of(layer).vlgraft_prefix = h

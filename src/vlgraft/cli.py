@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
         hf_logging.disable_progress_bar()
         args.func(args)
     except VlgraftError as e:
-        print(f"vlgraft: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split("\n"))  # one line, whatever text the culprit held
+        print(f"vlgraft: error: {message}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("vlgraft: interrupted", file=sys.stderr)

@@ -122,7 +122,8 @@ def coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         args = typing.get_args(tp)
         if not args:
             return dict(value)
-        return {k: coerce(v, args[1], f"{key}.{k}", source) for k, v in value.items()}
+        return {k: coerce(v, args[1], f"{key}.{str(k).encode('unicode_escape').decode()}", source)
+                for k, v in value.items()}
     if tp is Any:
         return value
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -189,7 +190,8 @@ def load(cls: type, data: dict, source: str = "options", prefix: str = "", part:
             close = _suggest(str(k), list(fields), getattr(cls, "aliases", {}))
             hint = f" (did you mean '{prefix}{close}'?)" if close else ""
             listing = f"options of {part}" if part else "known keys here"
-            raise ConfigError(f"{source}: unknown key '{prefix}{k}'{hint}; {listing}: {', '.join(fields)}")
+            shown = str(k).encode("unicode_escape").decode()  # a key with a newline stays on one line
+            raise ConfigError(f"{source}: unknown key '{prefix}{shown}'{hint}; {listing}: {', '.join(fields)}")
     kwargs = {}
     for name, f in fields.items():
         key = f"{prefix}{name}"

@@ -162,8 +162,12 @@ def tokenize_independent(rec: Record, llm: LanguageModel, n_img: int, max_length
     """
     if rec.document:
         return tokenize_document(rec, llm, n_img, max_length)
-    singles = [tokenize_conversation(dataclasses.replace(rec, turns=t, lead_pairs=0), llm, n_img, 10**9)
-               for t in single_turns(rec)]
+    pairs = [dataclasses.replace(rec, turns=t, lead_pairs=0) for t in single_turns(rec)]
+    if len(pairs) == 1:  # one question: the whole sequence is its own prefix, truncated as a conversation
+        ex = tokenize_conversation(pairs[0], llm, n_img, max_length)
+        n = len(ex["input_ids"])
+        return {**ex, "position_ids": torch.arange(n), "segment_ids": torch.zeros(n, dtype=torch.long)}
+    singles = [tokenize_conversation(r, llm, n_img, 10**9) for r in pairs]
     ids0 = singles[0]["input_ids"]
     p = common_prefix_len([s["input_ids"] for s in singles])
     # a segment must start with context, never with a labelled token (its label would be predicted
@@ -176,12 +180,11 @@ def tokenize_independent(rec: Record, llm: LanguageModel, n_img: int, max_length
     pos, seg = [torch.arange(p)], [torch.zeros(p, dtype=torch.long)]
     total, kept = p, 0
     if p >= max_length:  # the context before the first answer does not leave room for one answer token
-        what = "the image and question" if len(singles) == 1 else "the image prefix shared by the questions"
         if IMAGE_TOKEN_ID in ids0[max_length:].tolist():
-            raise DataError(f"{rec.where}: {what} take {p} tokens, more than data.max_length={max_length}, and "
-                            "truncation would cut visual tokens; raise max_length or shorten the record")
-        raise DataError(f"{rec.where}: {what} take {p} tokens, so no answer token fits data.max_length="
-                        f"{max_length}; raise max_length or shorten the record")
+            raise DataError(f"{rec.where}: the prefix the questions share takes {p} tokens, more than data.max_length="
+                            f"{max_length}, and truncation would cut visual tokens; raise max_length or shorten it")
+        raise DataError(f"{rec.where}: the prefix the questions share takes {p} tokens, so no answer fits "
+                        f"data.max_length={max_length}; raise max_length or shorten the record")
     for k, s in enumerate(singles, 1):
         n = len(s["input_ids"]) - p
         if total + n > max_length:

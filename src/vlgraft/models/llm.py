@@ -48,13 +48,13 @@ class LanguageModel(nn.Module):
     def hidden_states(self, embeds: torch.Tensor, attention_mask=None, position_ids=None, cache=None) -> torch.Tensor:
         """The decoder's last hidden states ``[B, T, D]`` for input embeddings ``[B, T, D]``, without the
         LM head; with ``cache`` (a transformers ``Cache``) the keys and values are appended to it."""
-        kw = {self._cache_kwarg: cache} if cache is not None else {}
+        kw = {self.cache_kwarg: cache} if cache is not None else {}
         out = self.model.base_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                     use_cache=cache is not None, **kw)
         return out.last_hidden_state
 
     @functools.cached_property
-    def _cache_kwarg(self) -> str:
+    def cache_kwarg(self) -> str:
         """``cache`` where the model takes it (transformers >= 5.2x), else the older ``past_key_values``."""
         return "cache" if "cache" in inspect.signature(self.model.base_model.forward).parameters else "past_key_values"
 
