@@ -418,3 +418,20 @@ def test_independent_turns_truncate_a_too_long_question(tiny_llms, caplog):
     with pytest.raises(DataError, match="record 'r1': .* tokens exceed data.max_length=8 and truncation would cut "
                                         "visual tokens"):
         tokenize_independent(rec, llm, 16, 8)
+
+
+def test_a_moved_run_resumes_and_files_follow_the_umask(trained, tmp_path):
+    import os
+
+    from vlgraft.training.loop import train
+
+    moved = tmp_path / "moved"
+    shutil.copytree(trained, moved)
+    recipe = load_recipe(moved / "final" / "recipe.yaml", [f"train.output_dir={moved}", "train.max_steps=3"],
+                         saved=True)
+    out = train(recipe, resume=True, source="test")
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (out / "final").stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (out / "final" / "trainable.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask

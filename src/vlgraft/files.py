@@ -46,6 +46,20 @@ def _umask() -> int:
 _FILE_MODE, _DIR_MODE = 0o666 & ~_umask(), 0o777 & ~_umask()
 
 
+def _follow_umask(path: Path) -> None:
+    """Give ``path`` (and, for a folder, everything in it) the modes a plain write would: writers such as
+    safetensors create private files, and tempfile private folders."""
+    if path.is_dir():
+        os.chmod(path, _DIR_MODE)
+        for root, dirs, files in os.walk(path):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), _DIR_MODE)
+            for f in files:
+                os.chmod(os.path.join(root, f), _FILE_MODE)
+    elif path.exists():
+        os.chmod(path, _FILE_MODE)
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | Path, folder: bool = False, keep_existing: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``final`` to write to (an empty folder when ``folder``); when the
@@ -72,6 +86,7 @@ def atomic_path(final: str | Path, folder: bool = False, keep_existing: bool = F
         yield tmp
         if keep_existing and final.exists():
             return
+        _follow_umask(tmp)
         if folder and final.exists():  # a folder cannot be replaced in one rename: move the old one aside
             old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".old-{final.name}-"))
             os.replace(final, old / final.name)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from vlgraft.data.cache import FeatureCache
 from vlgraft.data.conversation import packed_prompt, tokenize_prompt
 from vlgraft.data.dataset import collate, image_input
+from vlgraft.errors import VlgraftError
 
 
 def autocast(device: torch.device, precision: str):
@@ -36,8 +37,16 @@ def device_of(vlm) -> torch.device:
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` when given, else CUDA when available, else the CPU."""
-    return torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``device`` when given (checked: it must exist here), else CUDA when available, else the CPU."""
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise VlgraftError(f"--device {device!r} is not a device: {str(e).splitlines()[0]}") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise VlgraftError(f"--device {device!r}: no such CUDA device here ({torch.cuda.device_count()} found)")
+    return dev
 
 
 def generate_answers(vlm, prompts: list[dict], cache: FeatureCache | None = None, batch_size: int = 64,

@@ -24,6 +24,12 @@ def _target(vlm, target: str) -> nn.Module:
     return vlm.llm.model if target == "llm" else vlm.vision
 
 
+def _transposed(root: nn.Module, targets) -> bool:
+    """Whether the targeted layers store their weight as (in, out), as GPT-2's ``Conv1D`` does (peft's
+    ``fan_in_fan_out``; it would otherwise switch it itself, with a warning)."""
+    return any(type(m).__name__ == "Conv1D" for n, m in root.named_modules() if n.rsplit(".", 1)[-1] in targets)
+
+
 def _inject(conf, module: nn.Module, method: str) -> None:
     from peft import inject_adapter_in_model
 
@@ -68,9 +74,11 @@ class LoRA(Method):
             if bad or not n:
                 raise ConfigError(f"lora: layers {bad or c.layers} out of range for {n} blocks")
             layers = sorted({i % n for i in c.layers})
+        root = _target(vlm, c.target)
         conf = LoraConfig(r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout, target_modules=list(c.target_modules),
-                          use_dora=c.use_dora, layers_to_transform=layers)
-        _inject(conf, _target(vlm, c.target), "lora")
+                          use_dora=c.use_dora, layers_to_transform=layers,
+                          fan_in_fan_out=_transposed(root, c.target_modules))
+        _inject(conf, root, "lora")
 
     def merge(self, vlm) -> int:
         return merge_adapters(_target(vlm, self.cfg.target))
@@ -97,8 +105,9 @@ class IA3(Method):
         ff = list(c.feedforward_modules or [])
         if not set(ff) <= set(c.target_modules):
             raise ConfigError(f"ia3: feedforward_modules {ff} must be a subset of target_modules {c.target_modules}")
-        _inject(IA3Config(target_modules=list(c.target_modules), feedforward_modules=ff),
-                _target(vlm, c.target), "ia3")
+        root = _target(vlm, c.target)
+        _inject(IA3Config(target_modules=list(c.target_modules), feedforward_modules=ff,
+                          fan_in_fan_out=_transposed(root, c.target_modules)), root, "ia3")
 
     def merge(self, vlm) -> int:
         return merge_adapters(_target(vlm, self.cfg.target))
