@@ -180,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _close_progress_bars() -> None:
+    """Close the progress bars an error interrupted now: closed later (when collected) they would print
+    after the error line, which must be the last thing a failed command prints."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     from vlgraft.errors import VlgraftError
 
@@ -194,10 +203,12 @@ def main(argv: list[str] | None = None) -> None:
         hf_logging.disable_progress_bar()
         args.func(args)
     except VlgraftError as e:
+        _close_progress_bars()
         message = " ".join(str(e).split("\n"))  # one line, whatever text the culprit held
         print(f"vlgraft: error: {message}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("vlgraft: interrupted", file=sys.stderr)
         sys.exit(130)
 
