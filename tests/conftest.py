@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("VLGRAFT_DEBUG", "1")  # an unexpected exception shows its traceback in a failing test
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -104,6 +104,9 @@ OVERRIDES = [
     ("train.max_steps=[1", "not valid YAML"),
     ("train.max_steps", "must look like key.sub=value"),
     ("imports=[no_such_module_xyz]", "cannot import 'no_such_module_xyz'"),
+    ("trainable=[]", "key 'trainable' lists no parameter group"),
+    ("vision.image_size=4", "vision.image_size=4 is smaller than one patch"),
+    ("train={max_steps: 2, max_steps: 3}", "duplicate key 'max_steps'"),
     ("train=3", "key 'train' expects a mapping"),
 ]
 
@@ -120,6 +123,7 @@ def test_bad_override(recipe_file, capsys, override, needle):
     (b"- a\n- b\n", "must be a mapping at the top level"),
     ("name: caf\u00e9\n".encode("latin-1"), "not UTF-8 text"),
     (b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply"),
+    (b"train:\n  max_steps: 2\n  max_steps: 3\n", "duplicate key 'max_steps' (line 3, column 3)"),
 ])
 def test_bad_recipe_file(tmp_path, capsys, text, needle):
     p = tmp_path / "r.yaml"
@@ -228,6 +232,9 @@ DATA = [
      "record 't1' (#0): turns must alternate"),
     ("speaker.json", json.dumps([{"id": "s1", "conversations": [{"from": "robot", "value": "x"}]}]).encode(),
      "unknown speaker 'robot'"),
+    ("dupkey.json", b'[{"id": "a", "id": "b", "conversations": []}]', "an object has the key 'id' twice"),
+    ("dupkey.jsonl", json.dumps({"id": "a", "conversations": _conv("hi")}).encode() + b'\n{"id": "a", "id": "b"}\n',
+     "line 2: an object has the key 'id' twice"),
 ]
 
 
@@ -390,6 +397,9 @@ def test_cli_arguments(trained, tiny_data, tmp_path, capsys):
     (tmp_path / "exists").mkdir()
     _one_line_error(["export", trained, tmp_path / "exists"], capsys, "exists; pass --overwrite")
     _one_line_error(["export", trained, blocker / "x"], capsys, f"{blocker} is a file, not a folder")
+    _one_line_error(["eval", trained, "--out", tmp_path / "exists"], capsys, "is a folder; give a file name")
+    _one_line_error(["eval", trained, "--device", "gpu"], capsys, "--device 'gpu' is not a device")
+    _one_line_error(["chat", "--ckpt", trained, "--device", "cuda:7", "hi"], capsys, "no such CUDA device")
 
 
 def test_output_dir_under_a_file(recipe_file, tmp_path, capsys):

@@ -211,6 +211,14 @@ def main(argv: list[str] | None = None) -> None:
         _close_progress_bars()
         print("vlgraft: interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as e:  # a bug, or input no check foresaw: one line, and the traceback on request
+        if os.environ.get("VLGRAFT_DEBUG"):
+            raise
+        _close_progress_bars()
+        message = " ".join(f"{type(e).__name__}: {e}".split("\n"))
+        print(f"vlgraft: internal error: {message} (VLGRAFT_DEBUG=1 shows the traceback; please report it)",
+              file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -293,13 +293,30 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"override {ov!r} must look like key.sub=value")
         k, v = ov.split("=", 1)
         try:
-            value = yaml.safe_load(v)
+            value = yaml_load(v)
         except yaml.YAMLError as e:
             raise ConfigError(f"override {ov!r}: the value is not valid YAML: {yaml_error(e)}") from None
         except RecursionError:
             raise ConfigError(f"override {ov!r}: the value is nested too deeply") from None
         _set_dotted(data, k.strip(), value, f"override {ov!r}")
     return data
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
 def yaml_error(e: yaml.YAMLError) -> str:
@@ -315,7 +332,7 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict:
     if not p.is_file():
         raise ConfigError(f"{what} file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_bytes().decode("utf-8-sig")) or {}
+        data = yaml_load(p.read_bytes().decode("utf-8-sig")) or {}
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
     except yaml.YAMLError as e:
@@ -378,6 +395,8 @@ def validate(r: Recipe, source: str = "recipe") -> None:
     check_values(r, source)  # the declared ranges, also for a Recipe built or changed in code
     if r.data.describe_first is not None and not r.data.describe_first.strip():
         raise ConfigError(f"{source}: key 'data.describe_first' must be a non-empty request (text) or null")
+    if not r.trainable:
+        raise ConfigError(f"{source}: key 'trainable' lists no parameter group: nothing would train")
     for g in r.trainable:
         check_lr(g, source)
     names = [g.name for g in r.trainable]

@@ -174,6 +174,27 @@ def write_jsonl(path: str | Path, rows) -> None:
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+def _loads(text: str, path: Path, where: str):
+    """JSON with every key once per object (json keeps the last of a repeated key silently)."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        raise DataError(f"{path}: {where}an object has the key {e.args[0]!r} twice") from None
+
+
 def _text(data: bytes, path: Path, where: str = "") -> str:
     try:
         return data.decode("utf-8-sig")  # a byte-order mark (Windows tools write one) is dropped
@@ -191,7 +212,7 @@ def read_json(path: str | Path):
     except IsADirectoryError:
         raise DataError(f"{path} is a folder, not a JSON file") from None
     try:
-        return json.loads(_text(data, path))
+        return _loads(_text(data, path), path, "")
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON: {e.msg} at line {e.lineno}") from None
     except RecursionError:
@@ -217,7 +238,7 @@ def iter_jsonl(path: str | Path, limit: int | None = None) -> Iterator[tuple[int
             if not line.strip():
                 continue
             try:
-                value = json.loads(line)
+                value = _loads(line, path, f"line {ln}: ")
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}: line {ln} is not valid JSON: {e.msg}") from None
             except RecursionError:

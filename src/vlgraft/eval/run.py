@@ -7,7 +7,7 @@ from pathlib import Path
 from vlgraft.config import Recipe, inference_precision
 from vlgraft.eval.text import before_after, load_text_set, print_text_ability
 from vlgraft.eval.vqa import evaluate, write_result
-from vlgraft.files import ensure_writable, read_json
+from vlgraft.files import OutputError, ensure_writable, read_json
 
 
 def run_eval(vlm, recipe: Recipe, out: Path) -> dict:
@@ -15,6 +15,8 @@ def run_eval(vlm, recipe: Recipe, out: Path) -> dict:
     (``eval.text``: also / only), written to ``out`` and its predictions files beside it."""
     cfg, precision = recipe.eval, inference_precision(recipe)
     ensure_writable(out.parent, "folder of the eval result (--out)")  # before the model generates anything
+    if out.is_dir():
+        raise OutputError(f"the eval result {out} is a folder; give a file name (--out DIR/eval.json)")
     text_set = load_text_set(cfg.text_set) if cfg.text != "off" else None  # a bad text set fails before any work
     result: dict = {}
     if cfg.text != "only":

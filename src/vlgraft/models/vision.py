@@ -191,6 +191,9 @@ class HFVisionEncoder(VisionEncoder):
         self.native_size = vcfg.image_size
         self.image_size = cfg.image_size or vcfg.image_size
         self.patch = vcfg.patch_size
+        if self.image_size < self.patch:
+            raise VlgraftError(f"vision.image_size={self.image_size} is smaller than one patch of 'hf:{model_id}' "
+                               f"({self.patch} pixels)")
         self.n_patch = (self.image_size // self.patch) ** 2
         self.width = vcfg.hidden_size
         n_hidden = vcfg.num_hidden_layers + 1

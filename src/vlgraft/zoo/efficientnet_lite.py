@@ -43,6 +43,8 @@ class EfficientNetLite(VisionEncoder):
         self.net.load_state_dict(state)
         del self.net._fc, self.net._dropout  # classifier is unused
         self.image_size = cfg.image_size or 224
+        if self.image_size < 32:  # the network downsamples by 32: a smaller input leaves no feature map
+            raise VlgraftError(f"vision.image_size={self.image_size} is too small for {name} (at least 32 pixels)")
         n_blocks = len(self.net._blocks)
         for layer in self.layers:
             if layer != -1 and not 0 <= layer < n_blocks:
