@@ -380,6 +380,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, sav
     if path is not None:
         data = read_yaml_mapping(path, "recipe")
     if saved:
+        if not data:
+            raise ConfigError(f"{path} is empty: a checkpoint's recipe.yaml holds the recipe it was trained with")
         import_modules(data.get("imports") or [], str(path))
         data = upgrade_saved(data)
     apply_overrides(data, overrides or [])

@@ -31,6 +31,7 @@ from vlgraft.data.describe import with_gold_descriptions
 from vlgraft.data.images import load_image, set_max_pixels
 from vlgraft.data.mixture import load_training_data
 from vlgraft.data.sampler import MicroBatches
+from vlgraft.data.sources import parse_source
 from vlgraft.errors import ConfigError, VlgraftError
 from vlgraft.files import OutputError, ensure_writable, read_json, remove_leftovers
 from vlgraft.models.vlm import VLM
@@ -143,6 +144,10 @@ def build_data(recipe: Recipe, vlm, run: Run) -> Data:
     accel, console, tc = run.accel, run.console, recipe.train
     set_max_pixels(recipe.data.max_image_pixels)
     records, sources = load_training_data(recipe.data)
+    eval_path = getattr(parse_source(recipe.data.eval), "path", None)
+    if eval_path and not Path(eval_path).exists():
+        console.print(f"[yellow]warning[/]: data.eval {eval_path} does not exist (training does not need it; "
+                      "vlgraft eval will)")
     if recipe.data.describe_first:
         records, n_desc = with_gold_descriptions(records, recipe.data.describe_first)
         if not n_desc:
