@@ -445,3 +445,33 @@ def test_a_moved_run_resumes_and_files_follow_the_umask(trained, tmp_path):
     os.umask(mask)
     assert (out / "final").stat().st_mode & 0o777 == 0o777 & ~mask
     assert (out / "final" / "trainable.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tiny_recipe, monkeypatch):
+    from vlgraft.errors import VlgraftError
+    from vlgraft.models.vlm import VLM
+    from vlgraft.training.loop import train
+
+    calls = {"n": 0}
+    forward = VLM.forward
+
+    def diverging(self, *a, **kw):  # the loss of the third step's batch is NaN, as after a divergence
+        out = forward(self, *a, **kw)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            out["loss_sum"] = out["loss_sum"] * float("nan")
+        return out
+
+    monkeypatch.setattr(VLM, "forward", diverging)
+    r = tiny_recipe(max_steps=5, save_every=1)
+    with pytest.raises(VlgraftError, match=r"step 3: the loss is not finite \(nan\); training stopped before taking "
+                                           r"the step, and the last checkpoint, .*step-000002, is kept"):
+        train(r, source="test")
+    run = Path(r.train.output_dir)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
+    assert not (run / "final").exists()
+    from safetensors.torch import load_file
+
+    kept = load_file(run / "checkpoints" / "step-000002" / "trainable.safetensors")
+    assert all(v.isfinite().all() for v in kept.values())
+    assert all(math.isfinite(json.loads(x)["loss"]) for x in (run / "metrics.jsonl").read_text().splitlines())
