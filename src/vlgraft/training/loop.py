@@ -237,60 +237,58 @@ def fit(recipe: Recipe, run: Run, vlm, resolved, data: Data) -> None:
     loss_win = torch.zeros(2, device=accel.device)
     step = start
     steps_by_modality = {"image": 0, "text": 0}
-    try:  # the bar is closed before an error is printed, so the error is the last line
-        while step < total:
-            micro = [next(it) for _ in range(tc.grad_accum)]
+    while step < total:
+        micro = [next(it) for _ in range(tc.grad_accum)]
+        if modality is not None:
+            kind = batch_modality(micro, accel)
+            steps_by_modality[kind] += 1
+        n_local = sum(int((m["labels"][:, 1:] != -100).sum()) for m in micro)
+        n_global = accel.reduce(torch.tensor(float(n_local), device=accel.device), "sum").item()
+        step_loss = torch.zeros((), device=accel.device)
+        for a, m in enumerate(micro):
+            m = {k: (v.to(accel.device) if torch.is_tensor(v) else v) for k, v in m.items()}
+            sync = a == len(micro) - 1
+            with accel.no_sync(model) if not sync and world > 1 else contextlib.nullcontext():
+                out_m = model(**m)
+                if not out_m["loss_sum"].requires_grad:
+                    raise VlgraftError(f"step {step + 1}: a batch's loss depends on no trainable parameter "
+                                       "(e.g. text-only records while only the connector trains); drop those "
+                                       "records or make a language-side group trainable")
+                accel.backward(out_m["loss_sum"] / n_global * world)  # DDP averages gradients over processes
+            step_loss += out_m["loss_sum"].detach().float()
+            loss_win += torch.stack([out_m["loss_sum"].detach().float(),
+                                     torch.tensor(float(out_m["n_tokens"]), device=accel.device)])
+            samples_win += m["input_ids"].shape[0]
+            tokens_win += int(m["attention_mask"].sum())
+        if modality is not None:  # joint training: the other modality's groups do not move at all
+            for grp in optimizer.param_groups:
+                if grp["name"] not in modality[kind]:
+                    for p in grp["params"]:
+                        p.grad = None
+        grad_norm = accel.clip_grad_norm_(trainable, tc.max_grad_norm) if tc.max_grad_norm is not None else None
+        check_finite(run, step + 1, step_loss, grad_norm)  # before the step: no weight becomes NaN
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        if step % tc.log_every == 0 or step == total:
+            tot = accel.reduce(loss_win.clone(), "sum")
+            dt = time.time() - t_last
+            rec = {"loss": (tot[0] / tot[1].clamp(min=1)).item(),
+                   "lr": {g["name"]: g["lr"] for g in optimizer.param_groups},
+                   "grad_norm": None if grad_norm is None else float(grad_norm),
+                   "samples_per_s": samples_win * world / dt, "tokens_per_s": tokens_win * world / dt,
+                   "time": time.time()}
             if modality is not None:
-                kind = batch_modality(micro, accel)
-                steps_by_modality[kind] += 1
-            n_local = sum(int((m["labels"][:, 1:] != -100).sum()) for m in micro)
-            n_global = accel.reduce(torch.tensor(float(n_local), device=accel.device), "sum").item()
-            step_loss = torch.zeros((), device=accel.device)
-            for a, m in enumerate(micro):
-                m = {k: (v.to(accel.device) if torch.is_tensor(v) else v) for k, v in m.items()}
-                sync = a == len(micro) - 1
-                with accel.no_sync(model) if not sync and world > 1 else contextlib.nullcontext():
-                    out_m = model(**m)
-                    if not out_m["loss_sum"].requires_grad:
-                        raise VlgraftError(f"step {step + 1}: a batch's loss depends on no trainable parameter "
-                                           "(e.g. text-only records while only the connector trains); drop those "
-                                           "records or make a language-side group trainable")
-                    accel.backward(out_m["loss_sum"] / n_global * world)  # DDP averages gradients over processes
-                step_loss += out_m["loss_sum"].detach().float()
-                loss_win += torch.stack([out_m["loss_sum"].detach().float(),
-                                         torch.tensor(float(out_m["n_tokens"]), device=accel.device)])
-                samples_win += m["input_ids"].shape[0]
-                tokens_win += int(m["attention_mask"].sum())
-            if modality is not None:  # joint training: the other modality's groups do not move at all
-                for grp in optimizer.param_groups:
-                    if grp["name"] not in modality[kind]:
-                        for p in grp["params"]:
-                            p.grad = None
-            grad_norm = accel.clip_grad_norm_(trainable, tc.max_grad_norm) if tc.max_grad_norm is not None else None
-            check_finite(run, step + 1, step_loss, grad_norm)  # before the step: no weight becomes NaN
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1)
-            if step % tc.log_every == 0 or step == total:
-                tot = accel.reduce(loss_win.clone(), "sum")
-                dt = time.time() - t_last
-                rec = {"loss": (tot[0] / tot[1].clamp(min=1)).item(),
-                       "lr": {g["name"]: g["lr"] for g in optimizer.param_groups},
-                       "grad_norm": None if grad_norm is None else float(grad_norm),
-                       "samples_per_s": samples_win * world / dt, "tokens_per_s": tokens_win * world / dt,
-                       "time": time.time()}
-                if modality is not None:
-                    rec["steps_by_modality"] = dict(steps_by_modality)
-                accel.log(rec, step=step)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{rec['samples_per_s']:.1f}")
-                t_last, samples_win, tokens_win = time.time(), 0, 0
-                loss_win.zero_()
-            if tc.save_every and step % tc.save_every == 0 and step < total:
-                save(step)
-    finally:
-        bar.close()
+                rec["steps_by_modality"] = dict(steps_by_modality)
+            accel.log(rec, step=step)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{rec['samples_per_s']:.1f}")
+            t_last, samples_win, tokens_win = time.time(), 0, 0
+            loss_win.zero_()
+        if tc.save_every and step % tc.save_every == 0 and step < total:
+            save(step)
+    bar.close()
     save(step, final=True)
     console.print(f"saved {run.out / 'final'}")
     accel.wait_for_everyone()
