@@ -219,11 +219,10 @@ def read_json(path: str | Path):
         raise DataError(f"{path}: JSON nested too deeply to read") from None
 
 
-def iter_jsonl(path: str | Path, limit: int | None = None) -> Iterator[tuple[int, object]]:
-    """Yield ``(line_number, value)`` for each non-blank line, reading one line at a time (at most
-    ``limit`` values)."""
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
+    """Yield ``(line_number, value)`` for each non-blank line, reading one line at a time (a consumer
+    that stops early reads no further)."""
     path = Path(path)
-    n = 0
     try:
         f = path.open("rb")
     except FileNotFoundError:
@@ -232,8 +231,6 @@ def iter_jsonl(path: str | Path, limit: int | None = None) -> Iterator[tuple[int
         raise DataError(f"{path} is a folder, not a JSONL file") from None
     with f:
         for ln, raw in enumerate(f, 1):
-            if limit is not None and n >= limit:
-                return
             line = _text(raw, path, f"line {ln}: ")
             if not line.strip():
                 continue
@@ -243,5 +240,4 @@ def iter_jsonl(path: str | Path, limit: int | None = None) -> Iterator[tuple[int
                 raise DataError(f"{path}: line {ln} is not valid JSON: {e.msg}") from None
             except RecursionError:
                 raise DataError(f"{path}: line {ln}: JSON nested too deeply to read") from None
-            n += 1
             yield ln, value

@@ -43,7 +43,7 @@ def parse_source(spec: DataSource, where: str | None = None) -> FormatOptions:
 def load_records(spec: DataSource, image_root: str | None = None, limit: int | None = None) -> list[Record]:
     """The records of a source (``image_root`` applies where the source sets none); ids are unique."""
     opts = parse_source(spec)
-    if image_root and getattr(opts, "image_root", "absent") is None:
+    if image_root and hasattr(opts, "image_root") and opts.image_root is None:
         opts = dataclasses.replace(opts, image_root=image_root)
     records = DATASET.get(opts.name)(opts)
     records = list(itertools.islice(records, limit) if limit else records)
