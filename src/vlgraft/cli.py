@@ -1,4 +1,4 @@
-"""``vlgraft`` command line: train, eval, chat, export, info, sweep, curate.
+"""``vlgraft`` command line: train, eval, chat, export, serve, info, sweep, curate.
 
 Every command reads one recipe — the file given to ``train`` / ``info``, or the run's own for ``eval``,
 ``chat`` and ``export`` — and takes the same ``-o key=value`` overrides; a command's convenience flags
@@ -130,11 +130,12 @@ def cmd_info(args) -> None:
 def cmd_export(args) -> None:
     from vlgraft.export import export
 
-    export(args.run, Path(args.out), overwrite=args.overwrite, overrides=args.override)
+    export(args.run, Path(args.out), format=args.format, overwrite=args.overwrite, overrides=args.override)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from vlgraft.curate.cli import register as register_curate
+    from vlgraft.serve.cli import register as register_serve
     from vlgraft.sweep import register as register_sweep
 
     p = argparse.ArgumentParser(prog="vlgraft", description=__doc__.splitlines()[0])
@@ -164,9 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device")
     c.set_defaults(func=cmd_chat)
 
-    x = sub.add_parser("export", help="merge mergeable methods into the weights and write a standalone folder")
+    x = sub.add_parser("export", help="a standalone model folder: vlgraft's own or transformers' LLaVA format")
     x.add_argument("run", help="run folder or checkpoint folder")
     x.add_argument("out", help="output folder")
+    x.add_argument("--format", default="vlgraft", choices=["vlgraft", "llava-hf"],
+                   help="vlgraft: any recipe, read by vlgraft chat/eval/serve and vlgraft.load; llava-hf: "
+                        "transformers' LlavaForConditionalGeneration + AutoProcessor (docs/EXPORT.md)")
     _add_overrides(x)
     x.add_argument("--overwrite", action="store_true")
     x.set_defaults(func=cmd_export)
@@ -175,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("recipe")
     _add_overrides(i)
     i.set_defaults(func=cmd_info)
+    register_serve(sub)
     register_sweep(sub)
     register_curate(sub)
     return p

@@ -12,6 +12,7 @@ record and file.
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import numpy as np
@@ -26,6 +27,10 @@ DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own warning threshold (about 0.25 GB
 MAX_PIXELS = DEFAULT_MAX_PIXELS  # set from data.max_image_pixels by the commands that read images
 
 # full-scale value of the integer modes Pillow's RGB conversion clips
+# Image.open runs with Pillow's global bomb limit lifted (ours applies): one thread at a time, so that
+# concurrent opens (the server's request threads) cannot restore each other's value wrongly.
+_OPEN_LOCK = threading.Lock()
+
 _FULL_SCALE = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 2**32 - 1}
 
 
@@ -62,29 +67,32 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_image(path: str, where: str = "") -> Image.Image:
-    """The image at ``path`` as upright RGB; ``where`` (the record) prefixes errors."""
+def load_image(path, where: str = "", name: str | None = None) -> Image.Image:
+    """The image at ``path`` (a file path, or a binary file object such as a request's decoded bytes)
+    as upright RGB; ``where`` (the record) prefixes errors, ``name`` names the image in them."""
     at = f"{where}: " if where else ""
+    name = name or path
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies below
-            old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                im = Image.open(path)
-            finally:
-                Image.MAX_IMAGE_PIXELS = old
+            with _OPEN_LOCK:
+                old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+                try:
+                    im = Image.open(path)
+                finally:
+                    Image.MAX_IMAGE_PIXELS = old
         with im:
             w, h = im.size
             if w * h > MAX_PIXELS:
-                raise DataError(f"{at}image {path} has {w} x {h} = {w * h:,} pixels, more than "
+                raise DataError(f"{at}image {name} has {w} x {h} = {w * h:,} pixels, more than "
                                 f"data.max_image_pixels={MAX_PIXELS:,} (a decompression bomb, or raise the limit)")
             im.load()
             return to_rgb(ImageOps.exif_transpose(im))
     except FileNotFoundError:
-        raise DataError(f"{at}image file not found: {path}") from None
+        raise DataError(f"{at}image file not found: {name}") from None
     except IsADirectoryError:
-        raise DataError(f"{at}image path is a folder, not a file: {path}") from None
+        raise DataError(f"{at}image path is a folder, not a file: {name}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
-        raise DataError(f"{at}cannot read image {path}: {e}") from None
+        raise DataError(f"{at}cannot read image {name}: {e}") from None
     except Image.DecompressionBombError as e:
-        raise DataError(f"{at}cannot read image {path}: {e}") from None
+        raise DataError(f"{at}cannot read image {name}: {e}") from None

@@ -37,13 +37,47 @@ class MethodContext:
     image_counts: torch.Tensor | None = None  # [B] images per sample (None: at most one each)
     _memo: dict = field(default_factory=dict, repr=False)
 
-    def memo(self, owner: object, compute: Callable[[], object]):
+    _per_sample: set = field(default_factory=set, repr=False)
+
+    def memo(self, owner: object, compute: Callable[[], object], per_sample: bool = False):
         """``compute()`` once per context for ``owner`` (a module, or a name): values computed at prefill
         are kept for the decoding steps (MMA's routes, adaptation prompts' keys and values), and shared
-        tables are built once per forward."""
+        tables are built once per forward. ``per_sample``: the value is a tensor ``[B, ...]`` that
+        depends on the prefill's hidden states, so it cannot be recomputed later: ``rows`` and ``join``
+        carry it (the server's continuous batching); every other value is recomputed from the fields."""
         if owner not in self._memo:
             self._memo[owner] = compute()
+            if per_sample:
+                self._per_sample.add(owner)
         return self._memo[owner]
+
+    def counts(self) -> torch.Tensor:
+        """Images per sample ``[B]``."""
+        return self.has_image.long() if self.image_counts is None else self.image_counts
+
+    def rows(self, index: list[int]) -> MethodContext:
+        """The context of the samples ``index`` (in that order), as if they had been a batch."""
+        counts = self.counts().tolist()
+        starts = [sum(counts[:i]) for i in range(len(counts))]
+        img = [j for i in index for j in range(starts[i], starts[i] + counts[i])]
+        visual = None if self.visual is None or not img else self.visual[img]
+        idx = torch.tensor(index, device=self.has_image.device, dtype=torch.long)
+        out = MethodContext(visual, self.has_image[idx], self.counts()[idx])
+        for owner in self._per_sample:
+            out._memo[owner] = self._memo[owner][idx.to(self._memo[owner].device)]
+            out._per_sample.add(owner)
+        return out
+
+    @staticmethod
+    def join(parts: list[MethodContext]) -> MethodContext:
+        """One context for the samples of ``parts``, in order (their per-sample memos concatenated)."""
+        vis = [p.visual for p in parts if p.visual is not None]
+        out = MethodContext(torch.cat(vis) if vis else None, torch.cat([p.has_image for p in parts]),
+                            torch.cat([p.counts() for p in parts]))
+        for owner in set.intersection(*(p._per_sample for p in parts)):
+            out._memo[owner] = torch.cat([p._memo[owner] for p in parts])
+            out._per_sample.add(owner)
+        return out
 
     def visual_per_sample(self) -> torch.Tensor | None:
         """``[B, M, Dl]`` with zeros for text-only samples (None when the batch has no image). A sample

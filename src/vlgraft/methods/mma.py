@@ -47,7 +47,7 @@ class RoutedAdapter(nn.Module):
         def compute():
             return F.softmax(self.router(x[:, 0].to(self.router.weight.dtype)) / self.temperature, dim=-1)
         ctx = current_context()
-        return compute() if ctx is None else ctx.memo(self, compute)
+        return compute() if ctx is None else ctx.memo(self, compute, per_sample=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.routes(x)

@@ -152,26 +152,34 @@ def load_scheduler(scheduler, path: Path) -> None:
 
 
 def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or a run folder (its ``final`` checkpoint, else its latest one)."""
+    """A checkpoint folder, a ``vlgraft export`` folder, or a run folder (its ``final`` checkpoint, else
+    its latest one)."""
+    from vlgraft.export.native import is_export
+
     p = Path(path)
-    if (p / "trainable.safetensors").is_file():
+    if (p / "trainable.safetensors").is_file() or is_export(p):
         return p
     if (p / "final" / "trainable.safetensors").is_file():
         return p / "final"
     steps = sorted((p / "checkpoints").glob("step-*")) if (p / "checkpoints").is_dir() else []
     if steps:
         return steps[-1]
-    raise VlgraftError(f"no checkpoint found at {p} (expected trainable.safetensors, final/ or checkpoints/step-*)")
+    raise VlgraftError(f"no checkpoint found at {p} (expected trainable.safetensors, export.json, final/ or "
+                       "checkpoints/step-*)")
 
 
 def load_vlm(path: str | Path, device: str | torch.device = "cpu", overrides: list[str] | None = None):
     """Rebuild the base parts from the checkpoint's recipe (with ``overrides`` of its data, eval, chat
-    or train settings), re-apply methods, load the trained weights. Returns (vlm, recipe, checkpoint)."""
+    or train settings), re-apply methods, load the trained weights; or read a ``vlgraft export``
+    folder. Returns (vlm, recipe, checkpoint)."""
     from vlgraft.config import load_recipe
+    from vlgraft.export.native import is_export, load_export
     from vlgraft.models.vlm import VLM
     from vlgraft.training.optim import resolve_groups
 
     ckpt = find_checkpoint(path)
+    if is_export(ckpt):
+        return load_export(ckpt, device, overrides)
     recipe = load_recipe(ckpt / "recipe.yaml", overrides, saved=True)
     set_max_pixels(recipe.data.max_image_pixels)
     vlm = VLM.from_recipe(recipe, str(ckpt / "recipe.yaml"))
