@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/browser.sh  # headless chromium + chromedriver for tests/test_web.py (apt, when missing)
 . .venv/bin/activate
 ruff check .          # lint (pyproject.toml [tool.ruff]); a finding fails the test command
 python -m pytest "$@"

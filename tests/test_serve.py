@@ -245,6 +245,9 @@ BAD = [  # (body, expected status, param the error names)
     ({"model": "run", "messages": [_user("hi")], "stop": [1]}, 400, "stop"),
     ({"model": "run", "messages": [_user("hi")], "tools": []}, 400, "tools"),
     ({"model": "run", "messages": [_user("hi")], "stream": "yes"}, 400, "stream"),
+    # describe-first needs the images in the first question
+    ({"model": "run", "messages": [_user("hi"), {"role": "assistant", "content": "x"},
+                                   _user("and?", _data_uri(COLORS["red"]))]}, 400, "messages"),
 ]
 
 

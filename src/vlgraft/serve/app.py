@@ -66,7 +66,9 @@ def create_app(engine: Engine, cfg: ServerConfig):
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_, e: RequestValidationError):
-        return error(ApiError(400, str(e.errors()[:1])))
+        first = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return error(ApiError(400, f"invalid request: {where}: {first.get('msg', 'invalid')}", param=where or None))
 
     def authorize(request: HttpRequest) -> None:
         if cfg.api_key is None:

@@ -49,7 +49,10 @@ class ChatSession:
                    describe_first=recipe.data.describe_first,
                    describe_max_new_tokens=recipe.eval.describe_max_new_tokens)
 
-    def ask(self, question: str, stream=sys.stdout) -> str:
+    def ask(self, question: str, stream=...) -> str:
+        """The answer to ``question``, streamed to ``stream`` as it is generated (default: the current
+        ``sys.stdout``, looked up now, not when the module was imported; None: not streamed)."""
+        stream = sys.stdout if stream is ... else stream
         if not question.strip():
             raise VlgraftError("the question is empty")
         if not self.turns and self.features is not None:

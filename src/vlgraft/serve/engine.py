@@ -50,6 +50,7 @@ class Sampling:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # vLLM's extension: run to max_tokens (benchmarks measure a fixed length)
 
 
 @dataclasses.dataclass
@@ -203,15 +204,16 @@ class Engine:
         that its request started."""
         rec = req.record
         ids = self._tokens(rec.turns, req)
+        if self.describe_first and describable(rec):
+            desc = self.descriptions.get(self._describe_key(req))
+            if desc is None:
+                ask = self._tokens(describe_prompt(rec, self.describe_first), req)  # may refuse the image places
+                req.send("start", {})
+                return Job(req, ask, feats, Sampling(self.recipe.eval.describe_max_new_tokens), describe=True)
+            self.descriptions.move_to_end(self._describe_key(req))
+            ids = self._tokens(with_description(rec, self.describe_first, desc).turns, req)
         req.send("start", {})
-        if not (self.describe_first and describable(rec)):
-            return self._answer_job(req, ids, feats)
-        desc = self.descriptions.get(self._describe_key(req))
-        if desc is None:
-            ask = self._tokens(describe_prompt(rec, self.describe_first), req)
-            return Job(req, ask, feats, Sampling(self.recipe.eval.describe_max_new_tokens), describe=True)
-        self.descriptions.move_to_end(self._describe_key(req))
-        return self._answer_job(req, self._tokens(with_description(rec, self.describe_first, desc).turns, req), feats)
+        return self._answer_job(req, ids, feats)
 
     def _answer_job(self, req: Request, ids: list[int], feats) -> Job:
         req.prompt_tokens = len(ids)
@@ -271,7 +273,7 @@ class Engine:
         for i, (job, t) in enumerate(zip(self.batch.rows, self.batch.last.tolist())):
             if not self._alive(job.request):
                 continue
-            if t in self.stop_ids:
+            if t in self.stop_ids and not job.sampling.ignore_eos:
                 self._finish(job, "stop")
                 continue
             job.tokens.append(t)

@@ -92,12 +92,13 @@ def parse(body, limits: Limits, served_model: str) -> Parsed:
     include_usage = bool(opts and _bool(opts, "include_usage", False, "stream_options."))
     stop = _stops(body.get("stop"))
     record, images, keys = _messages(body.get("messages"), limits)
-    sampling = Sampling(max_tokens or limits.default_max_tokens, temperature, top_p, seed, stop)
+    sampling = Sampling(max_tokens or limits.default_max_tokens, temperature, top_p, seed, stop,
+                        _bool(body, "ignore_eos", False))
     return Parsed(stream, include_usage, model, record, images, keys, sampling)
 
 
 KNOWN_FIELDS = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed",
-                "n", "stream", "stream_options"}
+                "n", "stream", "stream_options", "ignore_eos"}  # ignore_eos: vLLM's extension, for benchmarks
 
 
 def _int(body: dict, key: str, default, lo: int | None = None):
