@@ -157,8 +157,8 @@ def main() -> None:
         proc.terminate()
         proc.wait(timeout=30)
     base = levels[0]["tokens_per_s"]
-    print(f"\n| clients | requests | failed | total tok/s | × 1 client | req/s | TTFT p50 | TTFT p95 | "
-          f"decode tok/s p50 | p95 |\n|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| clients | requests | failed | total tok/s | × 1 client | req/s | TTFT p50 | TTFT p95 | "
+          "decode tok/s p50 | p95 |\n|---|---|---|---|---|---|---|---|---|---|")
     for lv in levels:
         print(f"| {lv['clients']} | {lv['requests']} | {lv['failed']} | {lv['tokens_per_s']:.1f} | "
               f"{lv['tokens_per_s'] / base:.2f} | {lv['requests_per_s']:.2f} | {lv['ttft_p50_s']:.2f} s | "
