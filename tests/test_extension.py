@@ -149,11 +149,11 @@ def test_new_parts_from_a_recipe_train_eval_export(parts, tiny_recipe, tmp_path,
     assert '"n": 6,' in (tmp_path / "eval.json").read_text()  # the short form: the format's default count
 
     main(["export", str(run), str(tmp_path / "exported")])
-    assert "2 adapter layers merged" in capsys.readouterr().out
+    assert "(2 layers)" in capsys.readouterr().out
     llm = load_file(tmp_path / "exported" / "llm" / "model.safetensors")
     assert not any("vlgraft_delta" in k for k in llm)
-    assert set(load_file(tmp_path / "exported" / "trainable.safetensors")) == {"connector.proj.weight",
-                                                                                  "connector.proj.bias"}
+    assert set(load_file(tmp_path / "exported" / "model.safetensors")) == {"connector.proj.weight",
+                                                                              "connector.proj.bias"}
 
     # the exported LLM computes what the trained model with its method computes (text-only input)
     from transformers import AutoModelForCausalLM

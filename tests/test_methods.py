@@ -164,6 +164,8 @@ def test_llama_adapter_matches_peft(tiny_llms, tiny_recipe):
 
 
 def test_lora_merge_matches_unmerged(tiny_recipe, batch_of):
+    from peft.tuners.lora import LoraLayer
+
     from vlgraft.methods.lora import merge_adapters
 
     vlm = _build(tiny_recipe("llama"), [ZERO_INIT["lora"]])
@@ -176,9 +178,30 @@ def test_lora_merge_matches_unmerged(tiny_recipe, batch_of):
     inp = {k: v for k, v in batch.items() if k != "labels"}
     with torch.no_grad():
         before = vlm(**inp)["logits"]
-        assert merge_adapters(vlm.llm.model) == 2 * 2
+        assert merge_adapters(vlm.llm.model, LoraLayer) == 2 * 2
         assert not any("lora_" in n for n, _ in vlm.named_parameters())
         after = vlm(**inp)["logits"]
+    assert torch.allclose(before, after, atol=1e-5), (before - after).abs().max()
+
+
+def test_lora_and_ia3_merge_each_their_own_layers(tiny_recipe, batch_of):
+    """Each mergeable method folds its own layers (the counts export reports), and the merged model
+    computes what the unmerged one does."""
+    vlm = _build(tiny_recipe("llama"), [{"name": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj"]},
+                                        {"name": "ia3", "target_modules": ["v_proj", "down_proj"],
+                                         "feedforward_modules": ["down_proj"]}])
+    with torch.no_grad():
+        for n, p in vlm.named_parameters():
+            if "lora_B" in n or "ia3_l" in n:
+                p.normal_(mean=1.0 if "ia3_l" in n else 0.0, std=0.2)
+    vlm.eval()
+    inp = {k: v for k, v in batch_of(vlm).items() if k != "labels"}
+    with torch.no_grad():
+        before = vlm(**inp)["logits"]
+        counts = [m.merge(vlm) for m in vlm.methods]
+        after = vlm(**inp)["logits"]
+    assert counts == [2, 2 * 2]
+    assert not any("lora_" in n or "ia3_" in n for n in vlm.state_dict())
     assert torch.allclose(before, after, atol=1e-5), (before - after).abs().max()
 
 

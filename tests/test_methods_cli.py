@@ -50,8 +50,8 @@ def test_train_eval_export(tiny_recipe, tmp_path, capsys):
     assert ev["val_loss"] > 0 and ev["val_loss_records"] == 4
     main(["export", run, str(tmp_path / "exp")])
     out = capsys.readouterr().out
-    assert "4 adapter layers merged" in out and "bottleneck_adapter" in out
+    assert "lora (4 layers)" in out and "kept as modules: bottleneck_adapter" in out
     llm_keys = set(load_file(str(tmp_path / "exp" / "llm" / "model.safetensors")))
     assert not any("lora_" in k for k in llm_keys)
-    rest = set(load_file(str(tmp_path / "exp" / "trainable.safetensors")))
+    rest = set(load_file(str(tmp_path / "exp" / "model.safetensors")))
     assert any("vlgraft_adapter" in k for k in rest) and not any("lora_" in k for k in rest)

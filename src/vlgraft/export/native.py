@@ -76,7 +76,7 @@ def _extra_keys(vlm, folders) -> list[str]:
 
 
 def write(vlm, recipe, folder: Path) -> dict:
-    merged = {m.name: m.merge(vlm) for m in vlm.methods if m.mergeable}
+    merged = [[m.name, m.merge(vlm)] for m in vlm.methods if m.mergeable]  # a list: a name may repeat
     kept = [m for m in vlm.methods if not m.mergeable]
     folders = _folder_keys(vlm)
     state = vlm.state_dict()
@@ -118,7 +118,7 @@ def _save_image_processor(enc, folder: Path) -> None:
 
 
 def summary(info: dict) -> str:
-    merged = ", ".join(f"{n} ({c} layers)" for n, c in info["merged"].items()) or "nothing"
+    merged = ", ".join(f"{n} ({c} layers)" for n, c in info["merged"]) or "nothing"
     kept = ", ".join(info["kept"]) or "none"
     return f"merged {merged}; methods kept as modules: {kept}; parts in transformers format: {', '.join(info['parts'])}"
 

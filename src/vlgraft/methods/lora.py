@@ -81,7 +81,9 @@ class LoRA(Method):
         _inject(conf, root, "lora")
 
     def merge(self, vlm) -> int:
-        return merge_adapters(_target(vlm, self.cfg.target))
+        from peft.tuners.lora import LoraLayer
+
+        return merge_adapters(_target(vlm, self.cfg.target), LoraLayer)
 
 
 @dataclass
@@ -110,20 +112,26 @@ class IA3(Method):
                           fan_in_fan_out=_transposed(root, c.target_modules)), root, "ia3")
 
     def merge(self, vlm) -> int:
-        return merge_adapters(_target(vlm, self.cfg.target))
+        from peft.tuners.ia3 import IA3Layer
+
+        return merge_adapters(_target(vlm, self.cfg.target), IA3Layer)
 
 
-def merge_adapters(root: nn.Module) -> int:
-    """Fold every peft LoRA/DoRA/IA3 layer under ``root`` into its base layer and put the base layer
-    back in its place. Returns how many layers were merged."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+def merge_adapters(root: nn.Module, kind: type) -> int:
+    """Fold every peft layer of ``kind`` (LoraLayer: LoRA and DoRA; IA3Layer) under ``root`` into its
+    base weights and put its own base layer back in its place. Returns how many layers were merged.
 
+    Two methods on one linear layer nest (the later one wraps the earlier); peft's merge writes into
+    the innermost weight, so merging in application order (the export's order) folds the inner one
+    first, and the outer one then scales or adds to weights that already hold it — what the nested
+    forward computes. Only the immediate ``base_layer`` replaces a merged layer, so an outer wrapper
+    stays in place for its own merge."""
     merged = 0
     for name, mod in list(root.named_modules()):
-        if isinstance(mod, BaseTunerLayer) and name:
+        if isinstance(mod, kind) and name:
             mod.merge()
             parent_name, _, child = name.rpartition(".")
             parent = root.get_submodule(parent_name) if parent_name else root
-            setattr(parent, child, mod.get_base_layer())
+            setattr(parent, child, mod.base_layer)
             merged += 1
     return merged
