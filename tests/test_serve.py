@@ -306,14 +306,57 @@ class Sink:
             self.done.set()
 
 
-def _request(engine, run, sink, max_tokens=12, deadline=None):
+def _request(engine, run, sink, max_tokens=12, deadline=None, color="green", temperature=0.0):
     from vlgraft.serve.engine import Request, Sampling
     from vlgraft.serve.protocol import Limits, parse
 
-    p = parse({"model": "m", "messages": [_user(QUESTION, _data_uri(COLORS["green"]))], "max_tokens": max_tokens},
+    p = parse({"model": "m", "messages": [_user(QUESTION, _data_uri(COLORS[color]))], "max_tokens": max_tokens},
               Limits(), "m")
     pixels = engine.vlm.vision.preprocess(p.images)
-    return Request(p.record, pixels, p.image_keys, Sampling(max_tokens), deadline or time.monotonic() + 60, sink)
+    sampling = Sampling(max_tokens, temperature, seed=1, ignore_eos=True)
+    return Request(p.record, pixels, p.image_keys, sampling,
+                   deadline or time.monotonic() + 60, sink)
+
+
+def test_requests_joining_mid_stream_leave_the_others_unchanged(run):
+    """A request that joins the running batch while another decodes changes neither one's tokens
+    (sampled with a fixed seed: the tiny model's greedy tokens repeat one token)."""
+    from vlgraft.serve.engine import Engine
+    from vlgraft.training.checkpoint import load_vlm
+
+    class Recording(Engine):  # keeps every finished answer's tokens; can submit after a given step
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.tokens, self.after_step = {}, None
+
+        def _finish(self, job, reason, text=None):
+            if not job.describe:
+                self.tokens[id(job.request.send)] = list(job.tokens)
+            super()._finish(job, reason, text)
+
+        def _step(self):
+            super()._step()
+            if self.after_step and self.steps == self.after_step[0]:
+                self.after_step[1]()
+
+    vlm, recipe, _ = load_vlm(run, overrides=DESCRIBE[1:])
+    engine = Recording(vlm, recipe).start()
+    try:
+        alone = {}
+        for color in ("red", "blue"):
+            sink = Sink()
+            engine.submit(_request(engine, run, sink, max_tokens=16, color=color, temperature=1.0))
+            assert sink.done.wait(60)
+            alone[color] = engine.tokens[id(sink)]
+        first, late = Sink(), Sink()
+        engine.after_step = (engine.steps + 4, lambda: engine.submit(
+            _request(engine, run, late, 16, color="blue", temperature=1.0)))
+        engine.submit(_request(engine, run, first, max_tokens=16, color="red", temperature=1.0))
+        assert first.done.wait(60) and late.done.wait(60)
+        assert len(alone["red"]) == 16 and len(set(alone["red"])) > 3  # ignore_eos: to max_tokens; varied
+        assert engine.tokens[id(first)] == alone["red"] and engine.tokens[id(late)] == alone["blue"]
+    finally:
+        engine.stop()
 
 
 def test_engine_queue_deadline_and_cancel(run):
@@ -328,6 +371,7 @@ def test_engine_queue_deadline_and_cancel(run):
         engine.submit(_request(engine, run, Sink()))
     assert e.value.status == 429
     engine.waiting.clear()
+    engine.max_queue = 8  # the requests below may wait together before the engine takes them
     engine.start()
     try:
         late = Sink()

@@ -245,8 +245,9 @@ class Engine:
                 hidden = llm.hidden_states(x["embeds"], mask, pos, cache)
                 logits = llm.logits(hidden[:, -1]).float()  # [b, V]
         first = self._choose(jobs, logits)
+        start = len(self.batch)
         self.batch.join(jobs, cache, mask, mask.sum(1), first, x["context"])
-        self._after_tokens()
+        self._after_tokens(start)  # only the new rows have a new token
 
     def _step(self) -> None:
         llm, b = self.vlm.llm, self.batch
@@ -267,10 +268,12 @@ class Engine:
                 out[i] = sample(logits[i], j.sampling.temperature, j.sampling.top_p, j.generator)
         return out
 
-    def _after_tokens(self) -> None:
-        """Record each row's new token, send text, and drop the rows that are done."""
-        keep = []
+    def _after_tokens(self, start: int = 0) -> None:
+        """Record the new token of rows ``start:``, send their text, and drop the rows that are done."""
+        keep = list(range(start))
         for i, (job, t) in enumerate(zip(self.batch.rows, self.batch.last.tolist())):
+            if i < start:
+                continue
             if not self._alive(job.request):
                 continue
             if t in self.stop_ids and not job.sampling.ignore_eos:
