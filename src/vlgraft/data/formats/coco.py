@@ -28,7 +28,7 @@ from vlgraft.registry import DATASET
 CAPTION_PROMPT = "Describe the image briefly."
 
 
-def _images(data: dict, path: Path) -> dict:
+def image_files(data: dict, path: Path) -> dict:
     """``image id -> file_name``, checked."""
     images = data.get("images")
     if not isinstance(images, list):
@@ -55,7 +55,7 @@ def coco(o: CocoOptions) -> Iterator[Record]:
     data = read_json(p)
     if not isinstance(data, dict):
         raise DataError(f"{p}: expected a COCO captions object with 'images' and 'annotations'")
-    files = _images(data, p)
+    files = image_files(data, p)
     anns = data.get("annotations")
     if not isinstance(anns, list):
         raise DataError(f"{p}: 'annotations' must be a list")
