@@ -28,17 +28,24 @@ from vlgraft.registry import DATASET
 CAPTION_PROMPT = "Describe the image briefly."
 
 
+def id_table(data: dict, path: Path, key: str, field: str) -> dict:
+    """``id -> entry[field]`` (a non-empty string) for the entries of the list ``data[key]`` of a COCO
+    file: ``images`` -> ``file_name``, ``categories`` -> ``name``; errors name the file and entry."""
+    entries = data.get(key)
+    if not isinstance(entries, list):
+        raise DataError(f"{path}: '{key}' must be a list")
+    out = {}
+    for i, e in enumerate(entries):
+        if not (isinstance(e, dict) and isinstance(e.get("id"), (int, str)) and isinstance(e.get(field), str)
+                and e[field].strip()):
+            raise DataError(f"{path}: {key} #{i} must be an object with 'id' and a non-empty '{field}'")
+        out[e["id"]] = e[field]
+    return out
+
+
 def image_files(data: dict, path: Path) -> dict:
     """``image id -> file_name``, checked."""
-    images = data.get("images")
-    if not isinstance(images, list):
-        raise DataError(f"{path}: 'images' must be a list")
-    out = {}
-    for i, im in enumerate(images):
-        if not (isinstance(im, dict) and isinstance(im.get("id"), (int, str)) and isinstance(im.get("file_name"), str)):
-            raise DataError(f"{path}: image #{i} must be an object with 'id' and 'file_name'")
-        out[im["id"]] = im["file_name"]
-    return out
+    return id_table(data, path, "images", "file_name")
 
 
 @dataclass

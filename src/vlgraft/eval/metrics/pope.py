@@ -35,6 +35,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from vlgraft.data.formats.coco import id_table
 from vlgraft.data.formats.coco import image_files as coco_image_files
 from vlgraft.data.formats.common import existing_file
 from vlgraft.errors import DataError
@@ -188,16 +189,7 @@ def pope_metrics(answers: Sequence[str], labels: Sequence[str]) -> dict:
 # --- ground-truth objects -----------------------------------------------------------------------
 
 def _categories(data: dict, path: Path) -> dict:
-    cats = data.get("categories")
-    if not isinstance(cats, list):
-        raise DataError(f"{path}: 'categories' must be a list")
-    out = {}
-    for i, c in enumerate(cats):
-        if not (isinstance(c, dict) and isinstance(c.get("id"), (int, str)) and isinstance(c.get("name"), str)
-                and c["name"].strip()):
-            raise DataError(f"{path}: category #{i} must be an object with 'id' and a non-empty 'name'")
-        out[c["id"]] = c["name"].strip()
-    return out
+    return {k: name.strip() for k, name in id_table(data, path, "categories", "name").items()}
 
 
 def coco_objects(path: str | Path) -> dict[str, set[str]]:
