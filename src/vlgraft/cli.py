@@ -29,6 +29,9 @@ EVAL_FLAGS = [
                                              "help": "also report the held-out loss over the first N records"}),
     ("--precision", "eval.precision", {"choices": ["fp32", "bf16"]}),
     ("--text-set", "eval.text_set", {"metavar": "JSONL", "help": "text set for --text (implies --text)"}),
+    ("--task", "eval.tasks", {"action": "append", "metavar": "SPEC",
+                              "help": "a benchmark to run, repeatable: vqa | caption:SOURCE | pope:OBJECTS[:SETTING] "
+                                      "(docs/METRICS.md)"}),
 ]
 EVAL_SWITCHES = [
     ("--no-describe", "data.describe_first", None, "answer directly, even if the recipe describes the image first"),

@@ -193,6 +193,9 @@ class EvalConfig:
     text_set: str | None = option(None, "the text set (JSONL) for eval.text; null: the bundled one")
     text_batch_size: int = option(16, "questions per batch of the text ability measure", min=1)
     precision: str | None = option(None, "precision of eval and chat; null: train.precision", choices=PRECISIONS)
+    tasks: list[str] = option(factory=list, help="benchmarks to run (eval/tasks.py): vqa (data.eval), "
+                              "caption:SOURCE, pope:OBJECTS[:SETTING]; empty: vqa")
+    caption_max_new_tokens: int = option(32, "generation budget per caption (caption tasks)", min=1)
 
 
 @dataclass
