@@ -27,6 +27,7 @@ from vlgraft.data.describe import describe_records, with_descriptions
 from vlgraft.data.records import IMAGE_PLACEHOLDER, Record
 from vlgraft.data.sources import load_records
 from vlgraft.errors import ConfigError, DataError
+from vlgraft.eval.vqa import eval_items
 from vlgraft.inference import device_of, generate_answers
 
 POPE_SETTINGS = ("random", "popular", "adversarial")
@@ -62,7 +63,9 @@ def run_tasks(vlm, recipe, specs: list[str], precision: str) -> tuple[dict, list
 
 def _answers(vlm, recipe, records: list[Record], precision: str, cache, describe: bool, max_new_tokens: int,
              desc: str) -> list[str]:
-    """Greedy answers to each record's (single) question, with the recipe's describe-first if ``describe``."""
+    """Greedy answers to every question of ``records``, each asked alone with its record's image, in
+    order — the packed decoding of ``vlgraft eval --turns independent``: the questions about one image
+    share its prefix (and, with describe-first if ``describe``, one description of it)."""
     cfg, request = recipe.eval, recipe.data.describe_first if describe else None
     if cache is not None:
         cache.fill([(p, r.where) for r in records for p in r.images], device_of(vlm))
@@ -70,8 +73,8 @@ def _answers(vlm, recipe, records: list[Record], precision: str, cache, describe
         described = describe_records(vlm, records, request, cache, cfg.batch_size, cfg.describe_max_new_tokens,
                                      precision)
         records = with_descriptions(records, request, described)
-    prompts = [{"record": r, "turns": r.turns[:-1] if r.turns[-1][0] == "assistant" else r.turns} for r in records]
-    return generate_answers(vlm, prompts, cache, cfg.batch_size, max_new_tokens, precision, desc=desc)
+    items = eval_items(records, "independent")
+    return generate_answers(vlm, items, cache, cfg.batch_size, max_new_tokens, precision, packed=True, desc=desc)
 
 
 def _caption(vlm, recipe, source: str, precision: str, cache) -> tuple[dict, list[dict]]:
@@ -113,15 +116,24 @@ def _pope(vlm, recipe, arg: str, precision: str, cache) -> tuple[dict, list[dict
 
     source, _, setting = arg.partition(":")
     objects = _objects(source, recipe)
-    block, rows = {"objects": source, "images": len(objects)}, []
-    for s in [setting] if setting else POPE_SETTINGS:
-        qs = pope_questions(objects, s, seed=0)
-        records = [Record(f"pope-{s}-{q['question_id']}", [("user", f"{IMAGE_PLACEHOLDER}\n{q['text']}")],
-                          images=[q["image"]], source=f"pope:{source}:{s} question {q['question_id']}") for q in qs]
-        answers = _answers(vlm, recipe, records, precision, cache, True, recipe.eval.max_new_tokens, f"POPE {s}")
-        block[s] = pope_metrics(answers, [q["label"] for q in qs])
-        rows += [{"setting": s, "image": q["image"], "question": q["text"], "label": q["label"], "prediction": a,
-                  "read_as": pope_answer(a)} for q, a in zip(qs, answers)]
+    settings = [setting] if setting else list(POPE_SETTINGS)
+    by_image: dict[str, list[dict]] = {}  # every setting's questions about an image in one record: one prefix
+    for s in settings:
+        for q in pope_questions(objects, s, seed=0):
+            by_image.setdefault(q["image"], []).append(q)
+    records = []
+    for k, (image, qs) in enumerate(by_image.items()):
+        lead = [f"{IMAGE_PLACEHOLDER}\n"] + [""] * (len(qs) - 1)  # the image before the first question
+        turns = [t for pre, q in zip(lead, qs) for t in (("user", pre + q["text"]), ("assistant", q["label"]))]
+        records.append(Record(f"pope-{k}", turns, images=[image], source=f"pope:{source} image {image}"))
+    questions = [q for qs in by_image.values() for q in qs]
+    answers = _answers(vlm, recipe, records, precision, cache, True, recipe.eval.max_new_tokens, f"POPE {source}")
+    block = {"objects": source, "images": len(objects)}
+    for s in settings:
+        mine = [(q, a) for q, a in zip(questions, answers) if q["setting"] == s]
+        block[s] = pope_metrics([a for _, a in mine], [q["label"] for q, _ in mine])
+    rows = [{"setting": q["setting"], "image": q["image"], "question": q["text"], "label": q["label"],
+             "prediction": a, "read_as": pope_answer(a)} for q, a in zip(questions, answers)]
     return block, rows
 
 
