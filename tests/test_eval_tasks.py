@@ -52,6 +52,7 @@ def test_several_tasks_in_one_call(tiny_recipe, tiny_data, tmp_path, capsys):
                             {r["image"]: r["references"] for r in cap_rows})
     for k in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"):
         assert cap_block[k] == pytest.approx(again[k])
+    assert all(b["seconds"] > 0 for b in tasks.values())
 
     pope = tasks[f"pope:coco={ins}"]
     assert set(pope) >= {"random", "popular", "adversarial"} and pope["images"] == 12
@@ -77,3 +78,39 @@ def test_bad_task_specs_are_one_line_errors(tiny_recipe, capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
+
+
+def test_choice_task_on_scienceqa_records(tiny_recipe, tiny_data, tmp_path):
+    import shutil
+
+    from vlgraft.cli import main
+    from vlgraft.data.sources import load_records
+    from vlgraft.eval.metrics.choice import extract_choice, scienceqa_accuracy
+    from vlgraft.training.loop import train
+
+    problems = {}
+    for i in range(6):  # three with an image, three text-only; all three subjects, both grade bands
+        image = "image.png" if i % 2 == 0 else None
+        if image:
+            (tmp_path / "images" / "test" / str(i)).mkdir(parents=True)
+            shutil.copy(tiny_data.parent / "img" / f"{i}.png", tmp_path / "images" / "test" / str(i) / image)
+        problems[str(i)] = {"question": "Which colour is it?", "choices": ["red", "green", "blue"], "answer": i % 3,
+                            "hint": "Look closely." if i < 3 else "", "image": image, "split": "test",
+                            "subject": ["natural science", "social science", "language science"][i % 3],
+                            "grade": f"grade{2 + 2 * i}", "category": "Colors"}
+    path = tmp_path / "problems.json"
+    path.write_text(json.dumps(problems))
+    run = train(tiny_recipe(max_steps=2), source="test")
+    out = tmp_path / "eval.json"
+    main(["eval", str(run), "--out", str(out), "--task", f"choice:scienceqa:{path}"])
+    block = json.loads(out.read_text())["tasks"][f"choice:scienceqa:{path}"]
+    rows = [json.loads(line) for line in out.with_suffix(".tasks.jsonl").read_text().splitlines()]
+    records = load_records(f"scienceqa:{path}")
+    assert block["n"] == len(rows) == 6
+    letters = [extract_choice(r["prediction"], ["red", "green", "blue"]) for r in rows]
+    assert [r["choice"] for r in rows] == letters
+    correct = [lt == "ABC"[rec.meta["answer"]] for lt, rec in zip(letters, records)]
+    assert [r["correct"] for r in rows] == correct and block["accuracy"] == sum(correct) / 6
+    assert block["unanswered"] == letters.count(None)
+    assert block["scienceqa"] == scienceqa_accuracy(list(zip(records, correct)))
+    assert block["scienceqa"]["n"]["IMG"] == 3 and block["scienceqa"]["n"]["TXT"] == 3

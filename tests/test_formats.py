@@ -133,7 +133,8 @@ def test_scienceqa(tmp_path):
     assert text.turns[0][1] == "Question: 2 + 2?\nOptions: (A) 3 (B) 4 (C) 5\nAnswer with the option's letter."
     assert text.turns[1] == ("assistant", "B")
     assert text.meta == {"subject": "language science", "grade": "grade1", "category": "Math", "split": "test",
-                         "answer": 1, "choices": ["3", "4", "5"]}
+                         "answer": 1, "choices": ["3", "4", "5"], "hint": ""}
+    assert img.meta["hint"] == "Look."
     assert [r.id for r in load_records(f"scienceqa:{p}#test")] == ["scienceqa-2"]
 
 

@@ -14,12 +14,18 @@ the model loaded once, image features shared through the feature cache. A task i
   ``adversarial`` (default: all three). Questions are asked as the recipe asks any question
   (describe-first included); accuracy, precision, recall, F1 and yes-ratio per setting.
 
-Not yet: multiple choice (ScienceQA's table, circular evaluation, likelihood scoring) as a task; the
-functions exist in ``eval.metrics.choice``.
+* ``choice:SOURCE`` — multiple choice on records that carry their options (``meta["choices"]`` and
+  the answer's index ``meta["answer"]``, as the ``scienceqa:`` format gives them): the generated
+  answer's option letter (``eval.metrics.choice.extract_choice``; none found counts as wrong), and
+  ScienceQA's category table (NAT, SOC, LAN, TXT, IMG, NO, G1-6, G7-12, Avg) for ScienceQA records.
+
+Not yet: circular evaluation and scoring the options by likelihood as tasks (the functions exist in
+``eval.metrics.choice``; lmms-eval's multiple-choice tasks score by likelihood through the plug-in).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from vlgraft.data.cache import FeatureCache
@@ -37,8 +43,9 @@ def check_specs(specs: list[str]) -> None:
     """Every spec names a task with its argument: errors before anything is generated."""
     for spec in specs:
         name, _, arg = spec.partition(":")
-        if name not in ("vqa", "caption", "pope"):
-            raise ConfigError(f"eval.tasks: {spec!r} is not a task (vqa | caption:SOURCE | pope:OBJECTS[:SETTING])")
+        if name not in ("vqa", "caption", "pope", "choice"):
+            raise ConfigError(f"eval.tasks: {spec!r} is not a task (vqa | caption:SOURCE | pope:OBJECTS[:SETTING] | "
+                              "choice:SOURCE)")
         if name != "vqa" and not arg:
             raise ConfigError(f"eval.tasks: {spec!r} needs its data ({name}:...)")
         if name == "pope":
@@ -54,9 +61,10 @@ def run_tasks(vlm, recipe, specs: list[str], precision: str) -> tuple[dict, list
     blocks, rows = {}, []
     for spec in specs:
         name, _, arg = spec.partition(":")
-        run = {"caption": _caption, "pope": _pope}[name]
+        run = {"caption": _caption, "pope": _pope, "choice": _choice}[name]
+        t0 = time.time()
         block, task_rows = run(vlm, recipe, arg, precision, cache)
-        blocks[spec] = block
+        blocks[spec] = {**block, "seconds": time.time() - t0}
         rows += [{"task": spec, **r} for r in task_rows]
     return blocks, rows
 
@@ -137,12 +145,40 @@ def _pope(vlm, recipe, arg: str, precision: str, cache) -> tuple[dict, list[dict
     return block, rows
 
 
+def _choice(vlm, recipe, source: str, precision: str, cache) -> tuple[dict, list[dict]]:
+    from vlgraft.eval.metrics.choice import extract_choice, scienceqa_accuracy
+
+    records = load_records(source, recipe.data.image_root)
+    for rec in records:
+        choices, answer = rec.meta.get("choices"), rec.meta.get("answer")
+        if not (isinstance(choices, list) and isinstance(answer, int) and 0 <= answer < len(choices)):
+            raise DataError(f"{rec.where}: a choice task needs meta 'choices' (a list) and 'answer' (an index), "
+                            "as the scienceqa: format gives them")
+    if not records:
+        raise DataError(f"choice:{source}: no questions")
+    preds = _answers(vlm, recipe, records, precision, cache, True, recipe.eval.max_new_tokens, f"choice {source}")
+    letters = [extract_choice(p, r.meta["choices"]) for r, p in zip(records, preds)]
+    correct = [lt == chr(ord("A") + r.meta["answer"]) for r, lt in zip(records, letters)]
+    block = {"data": source, "n": len(records), "accuracy": sum(correct) / len(records),
+             "unanswered": sum(lt is None for lt in letters)}
+    if all("subject" in r.meta and "grade" in r.meta for r in records):  # ScienceQA's own table
+        block["scienceqa"] = scienceqa_accuracy(list(zip(records, correct)))
+    rows = [{"id": r.id, "prediction": p, "choice": lt, "answer": chr(ord("A") + r.meta["answer"]), "correct": ok}
+            for r, p, lt, ok in zip(records, preds, letters, correct)]
+    return block, rows
+
+
 def print_tasks(blocks: dict) -> None:
     """One line per task (and POPE setting) with its headline figures."""
     for spec, b in blocks.items():
         if spec.startswith("caption:"):
             figs = ", ".join(f"{k} {b[k]:.3f}" for k in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr") if k in b)
             print(f"{spec}: {b['images']} images: {figs}")
+        elif spec.startswith("choice:"):
+            table = b.get("scienceqa", {}).get("accuracy", {})
+            cols = ", ".join(f"{c} {100 * v:.1f}" for c, v in table.items() if v is not None)
+            print(f"{spec}: accuracy {100 * b['accuracy']:.2f}% ({b['n']} questions, {b['unanswered']} without an "
+                  f"option letter){'; ' + cols if cols else ''}")
         else:
             for s in POPE_SETTINGS:
                 if s in b:

@@ -12,8 +12,9 @@ record, id ``scienceqa-{qid}``::
                Answer with the option's letter.
     assistant: the letter of the answer
 
-``meta`` holds ``subject``, ``grade``, ``category``, ``split``, ``answer`` (the index) and
-``choices``. Problems without an image are text-only records. The document is parsed whole.
+``meta`` holds ``subject``, ``grade``, ``category``, ``split``, ``answer`` (the index),
+``choices`` and ``hint`` (the text context; "" when none). Problems without an image are text-only
+records. The document is parsed whole.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def _record(qid: str, prob: object, path: Path, root: Path, split: str | None) -
         if not image.is_file():
             raise DataError(f"{where}: image file not found: {image}")
     meta = {k: prob.get(k) for k in ("subject", "grade", "category")}
-    meta.update(split=psplit, answer=answer, choices=choices)
+    meta.update(split=psplit, answer=answer, choices=choices, hint=hint.strip() if hint else "")
     turns = [("user", prompt(question, choices, hint.strip() if hint else None, image is not None)),
              ("assistant", LETTERS[answer])]
     check_placeholders(turns, image is not None, where)
