@@ -60,7 +60,7 @@ def test_several_tasks_in_one_call(tiny_recipe, tiny_data, tmp_path, capsys):
         mine = [r for r in rows if r["task"] == f"pope:coco={ins}" and r["setting"] == s]
         assert len(mine) == pope[s]["n"] == 2 * 16  # a yes and a no question per annotated object
         assert pope_metrics([r["prediction"] for r in mine], [r["label"] for r in mine]) == pope[s]
-    assert set(tasks[f"pope:coco={ins}:popular"]) == {"objects", "images", "popular"}
+    assert set(tasks[f"pope:coco={ins}:popular"]) == {"objects", "images", "popular", "seconds"}
     assert tasks[f"pope:coco={ins}:popular"]["popular"] == pope["popular"]  # seeded: the same questions
     assert "CIDEr" in capsys.readouterr().out
 
