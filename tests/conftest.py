@@ -95,16 +95,32 @@ def tiny_llms(tmp_path_factory, tokenizer_dir):
     return {k: _save_tiny_llm(k, root / k, tokenizer_dir) for k in ("llama", "qwen2", "gpt2", "gemma3", "opt")}
 
 
+def _save_tiny_tower(kind: str, out: Path) -> Path:
+    """A tiny random transformers vision tower (32 px, patch 8, width 24) and its image processor."""
+    import transformers
+
+    model, config, processor, proc_kw = {
+        "clip": ("CLIPVisionModel", "CLIPVisionConfig", "CLIPImageProcessor",
+                 {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}}),
+        "siglip": ("SiglipVisionModel", "SiglipVisionConfig", "SiglipImageProcessor",  # no class token
+                   {"size": {"height": 32, "width": 32}}),
+    }[kind]
+    torch.manual_seed(0)
+    cfg = getattr(transformers, config)(hidden_size=24, intermediate_size=48, num_hidden_layers=2,
+                                        num_attention_heads=2, image_size=32, patch_size=8)
+    getattr(transformers, model)(cfg).save_pretrained(out)
+    getattr(transformers, processor)(**proc_kw).save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory):
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+    return _save_tiny_tower("clip", tmp_path_factory.mktemp("clip"))
 
-    out = tmp_path_factory.mktemp("clip")
-    torch.manual_seed(0)
-    CLIPVisionModel(CLIPVisionConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=2,
-                                     num_attention_heads=2, image_size=32, patch_size=8)).save_pretrained(out)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
-    return out
+
+@pytest.fixture(scope="session")
+def tiny_siglip(tmp_path_factory):
+    return _save_tiny_tower("siglip", tmp_path_factory.mktemp("siglip"))
 
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}

@@ -22,19 +22,6 @@ QUESTION = "What color is it?"
 
 
 @pytest.fixture(scope="module")
-def tiny_siglip(tmp_path_factory):
-    """A tiny random SigLIP tower (no class token: every hidden state is a patch) and its image processor."""
-    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
-
-    out = tmp_path_factory.mktemp("siglip")
-    torch.manual_seed(0)
-    SiglipVisionModel(SiglipVisionConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=2,
-                                         num_attention_heads=2, image_size=32, patch_size=8)).save_pretrained(out)
-    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def towers(tiny_clip, tiny_siglip):
     return {"clip": tiny_clip, "siglip": tiny_siglip}
 
