@@ -1,7 +1,7 @@
 """``eval.tasks``: benchmarks beyond the recipe's own eval set, several in one ``vlgraft eval`` call on
 the model loaded once, image features shared through the feature cache. A task is a spec string:
 
-* ``vqa`` — the recipe's ``data.eval`` (exact match, token F1, held-out loss: ``eval.vqa``); the
+* ``vqa`` — the recipe's ``data.eval`` (exact match, token F1, held-out loss: ``eval/vqa.py``); the
   default when ``eval.tasks`` is empty.
 * ``caption:SOURCE`` — one caption per image of a caption data source (``emoji:captions-test``,
   ``coco:captions_val2017.json``), asked with the source's own prompt, scored against every
@@ -13,7 +13,6 @@ the model loaded once, image features shared through the feature cache. A task i
   under ``data.image_root``, else the file's folder); SETTING ``random``, ``popular`` or
   ``adversarial`` (default: all three). Questions are asked as the recipe asks any question
   (describe-first included); accuracy, precision, recall, F1 and yes-ratio per setting.
-
 * ``choice:SOURCE`` — multiple choice on records that carry their options (``meta["choices"]`` and
   the answer's index ``meta["answer"]``, as the ``scienceqa:`` format gives them): the generated
   answer's option letter (``eval.metrics.choice.extract_choice``; none found counts as wrong), and
@@ -43,7 +42,7 @@ def check_specs(specs: list[str]) -> None:
     """Every spec names a task with its argument: errors before anything is generated."""
     for spec in specs:
         name, _, arg = spec.partition(":")
-        if name not in ("vqa", "caption", "pope", "choice"):
+        if name != "vqa" and name not in TASKS:
             raise ConfigError(f"eval.tasks: {spec!r} is not a task (vqa | caption:SOURCE | pope:OBJECTS[:SETTING] | "
                               "choice:SOURCE)")
         if name != "vqa" and not arg:
@@ -61,9 +60,8 @@ def run_tasks(vlm, recipe, specs: list[str], precision: str) -> tuple[dict, list
     blocks, rows = {}, []
     for spec in specs:
         name, _, arg = spec.partition(":")
-        run = {"caption": _caption, "pope": _pope, "choice": _choice}[name]
         t0 = time.time()
-        block, task_rows = run(vlm, recipe, arg, precision, cache)
+        block, task_rows = TASKS[name](vlm, recipe, arg, precision, cache)
         blocks[spec] = {**block, "seconds": time.time() - t0}
         rows += [{"task": spec, **r} for r in task_rows]
     return blocks, rows
@@ -166,6 +164,9 @@ def _choice(vlm, recipe, source: str, precision: str, cache) -> tuple[dict, list
     rows = [{"id": r.id, "prediction": p, "choice": lt, "answer": chr(ord("A") + r.meta["answer"]), "correct": ok}
             for r, p, lt, ok in zip(records, preds, letters, correct)]
     return block, rows
+
+
+TASKS = {"caption": _caption, "pope": _pope, "choice": _choice}  # besides vqa, which eval/vqa.py runs
 
 
 def print_tasks(blocks: dict) -> None:

@@ -128,12 +128,9 @@ def create_app(engine: Engine, cfg: ServerConfig):
         if parsed.stream:
             return StreamingResponse(_sse(events, request, req, rid, now, cfg.model_id, parsed.include_usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        text = ""
-        while True:
+        while True:  # the text pieces add up to the "done" event's text: only the end matters here
             kind, payload = await _next(events, request, req)
-            if kind == "text":
-                text += payload
-            elif kind == "error":
+            if kind == "error":
                 return error(payload)
             elif kind == "done":
                 return {"id": rid, "object": "chat.completion", "created": now, "model": cfg.model_id,

@@ -60,9 +60,8 @@ def parse(body, limits: Limits, served_model: str) -> Parsed:
     unknown = sorted(set(body) - KNOWN_FIELDS - IGNORED_FIELDS)
     if unknown:
         raise _bad(f"parameter {unknown[0]!r} is not supported by this server", unknown[0], "unsupported_parameter")
-    for key in ("logprobs",):
-        if body.get(key):
-            raise _bad(f"parameter {key!r} is not supported by this server", key, "unsupported_parameter")
+    if body.get("logprobs"):
+        raise _bad("parameter 'logprobs' is not supported by this server", "logprobs", "unsupported_parameter")
     for key in ("frequency_penalty", "presence_penalty"):
         if body.get(key) not in (None, 0, 0.0):
             raise _bad(f"parameter {key!r} is not supported by this server (only 0)", key, "unsupported_parameter")
