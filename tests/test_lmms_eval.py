@@ -153,6 +153,7 @@ def test_loglikelihood_equals_hand_computation(model, docs):
     # directly: the tiny model's greedy text need not tokenise back into the same tokens)
     from vlgraft.data.conversation import IGNORE, tokenize_prompt
     from vlgraft.data.dataset import collate, image_input
+    from vlgraft.eval.likelihood import _batch_logprobs
 
     rec = m._record(0, docs[0]["q"], _doc_to_visual(docs[0]), "greedy test")
     ids = tokenize_prompt(rec.turns, vlm.llm, vlm.num_image_tokens)
@@ -164,9 +165,11 @@ def test_loglikelihood_equals_hand_computation(model, docs):
                          image_counts=torch.tensor([1]))["logits"][0, -1]
         ids = torch.cat([ids, logits.argmax().view(1)])
     labels = torch.cat([torch.full((n_prompt,), IGNORE), ids[n_prompt:]])
-    (n, greedy), = m._score(collate([{"input_ids": ids, "labels": labels, **pix}], vlm.llm.tokenizer.pad_token_id))
-    assert greedy
-    assert -n == pytest.approx(_hand_loglikelihood(vlm, docs[0]["q"], docs[0]["images"], ids[n_prompt:])[0], abs=1e-4)
+    (logprob, greedy, n_tokens), = _batch_logprobs(vlm, collate([{"input_ids": ids, "labels": labels, **pix}],
+                                                                  vlm.llm.tokenizer.pad_token_id))
+    assert greedy and n_tokens == 3
+    want, _ = _hand_loglikelihood(vlm, docs[0]["q"], docs[0]["images"], ids[n_prompt:])
+    assert logprob == pytest.approx(want, abs=1e-4)
     assert m.loglikelihood([_instance("loglikelihood", (docs[0]["q"], " ", _doc_to_visual, 0, TASK, "test"), 0)]) == [
         (0.0, True)]
 

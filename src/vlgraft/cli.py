@@ -31,12 +31,16 @@ EVAL_FLAGS = [
     ("--text-set", "eval.text_set", {"metavar": "JSONL", "help": "text set for --text (implies --text)"}),
     ("--task", "eval.tasks", {"action": "append", "metavar": "SPEC",
                               "help": "a benchmark to run, repeatable: vqa | caption:SOURCE | pope:OBJECTS[:SETTING] "
-                                      "(docs/METRICS.md)"}),
+                                      "| choice:SOURCE (docs/METRICS.md)"}),
+    ("--choice-scoring", "eval.choice_scoring", {"choices": ["generate", "likelihood"],
+                                                 "help": "choice tasks: read the letter from the answer, or take "
+                                                         "the most likely option"}),
 ]
 EVAL_SWITCHES = [
     ("--no-describe", "data.describe_first", None, "answer directly, even if the recipe describes the image first"),
     ("--text", "eval.text", "also", "also measure text-only ability (perplexity, QA) before and after training"),
     ("--text-only", "eval.text", "only", "only the text-only ability (skip VQA)"),
+    ("--circular", "eval.choice_circular", True, "choice tasks: CircularEval, every rotation of the options"),
 ]
 CHAT_FLAGS = [
     ("--max-new-tokens", "chat.max_new_tokens", {"type": int, "metavar": "N"}),

@@ -194,8 +194,14 @@ class EvalConfig:
     text_batch_size: int = option(16, "questions per batch of the text ability measure", min=1)
     precision: str | None = option(None, "precision of eval and chat; null: train.precision", choices=PRECISIONS)
     tasks: list[str] = option(factory=list, help="benchmarks to run (eval/tasks.py): vqa (data.eval), "
-                              "caption:SOURCE, pope:OBJECTS[:SETTING]; empty: vqa")
+                              "caption:SOURCE, pope:OBJECTS[:SETTING], choice:SOURCE; empty: vqa")
     caption_max_new_tokens: int = option(32, "generation budget per caption (caption tasks)", min=1)
+    choice_scoring: str = option("generate", "choice tasks: generate (read the option letter from the answer) | "
+                                 "likelihood (the most likely option as the reply)", choices=("generate", "likelihood"))
+    choice_candidates: str = option("letter", "choice tasks scored by likelihood: the reply is the option's letter "
+                                    "or its text", choices=("letter", "option"))
+    choice_circular: bool = option(False, "choice tasks: CircularEval (every rotation of the options must be "
+                                   "answered right)")
 
 
 @dataclass

@@ -13,13 +13,8 @@ the model loaded once, image features shared through the feature cache. A task i
   under ``data.image_root``, else the file's folder); SETTING ``random``, ``popular`` or
   ``adversarial`` (default: all three). Questions are asked as the recipe asks any question
   (describe-first included); accuracy, precision, recall, F1 and yes-ratio per setting.
-* ``choice:SOURCE`` — multiple choice on records that carry their options (``meta["choices"]`` and
-  the answer's index ``meta["answer"]``, as the ``scienceqa:`` format gives them): the generated
-  answer's option letter (``eval.metrics.choice.extract_choice``; none found counts as wrong), and
-  ScienceQA's category table (NAT, SOC, LAN, TXT, IMG, NO, G1-6, G7-12, Avg) for ScienceQA records.
-
-Not yet: circular evaluation and scoring the options by likelihood as tasks (the functions exist in
-``eval.metrics.choice``; lmms-eval's multiple-choice tasks score by likelihood through the plug-in).
+* ``choice:SOURCE`` — multiple choice on records that carry their options, by generation or by
+  likelihood, optionally circular, with ScienceQA's category table (``eval/choice_task.py``).
 """
 
 from __future__ import annotations
@@ -28,12 +23,12 @@ import time
 from pathlib import Path
 
 from vlgraft.data.cache import FeatureCache
-from vlgraft.data.describe import describe_records, with_descriptions
 from vlgraft.data.records import IMAGE_PLACEHOLDER, Record
 from vlgraft.data.sources import load_records
 from vlgraft.errors import ConfigError, DataError
-from vlgraft.eval.vqa import eval_items
-from vlgraft.inference import device_of, generate_answers
+from vlgraft.eval.asking import answers, prepared
+from vlgraft.eval.choice_task import run_choice
+from vlgraft.eval.vqa import question_of
 
 POPE_SETTINGS = ("random", "popular", "adversarial")
 
@@ -67,22 +62,6 @@ def run_tasks(vlm, recipe, specs: list[str], precision: str) -> tuple[dict, list
     return blocks, rows
 
 
-def _answers(vlm, recipe, records: list[Record], precision: str, cache, describe: bool, max_new_tokens: int,
-             desc: str) -> list[str]:
-    """Greedy answers to every question of ``records``, each asked alone with its record's image, in
-    order — the packed decoding of ``vlgraft eval --turns independent``: the questions about one image
-    share its prefix (and, with describe-first if ``describe``, one description of it)."""
-    cfg, request = recipe.eval, recipe.data.describe_first if describe else None
-    if cache is not None:
-        cache.fill([(p, r.where) for r in records for p in r.images], device_of(vlm))
-    if request:
-        described = describe_records(vlm, records, request, cache, cfg.batch_size, cfg.describe_max_new_tokens,
-                                     precision)
-        records = with_descriptions(records, request, described)
-    items = eval_items(records, "independent")
-    return generate_answers(vlm, items, cache, cfg.batch_size, max_new_tokens, precision, packed=True, desc=desc)
-
-
 def _caption(vlm, recipe, source: str, precision: str, cache) -> tuple[dict, list[dict]]:
     from vlgraft.eval.metrics.captioning import caption_metrics
 
@@ -95,13 +74,13 @@ def _caption(vlm, recipe, source: str, precision: str, cache) -> tuple[dict, lis
     if not by_image:
         raise DataError(f"caption:{source}: no captions")
     firsts = [recs[0] for recs in by_image.values()]
-    preds = _answers(vlm, recipe, firsts, precision, cache, False, recipe.eval.caption_max_new_tokens,
-                     f"caption {source}")
+    preds = answers(vlm, recipe, prepared(vlm, recipe, firsts, precision, cache, describe=False), precision, cache,
+                    recipe.eval.caption_max_new_tokens, f"caption {source}")
     refs = {img: [r.turns[-1][1] for r in recs] for img, recs in by_image.items()}
     scores = caption_metrics(dict(zip(by_image, ([p] for p in preds))), refs)
     per_image = scores.pop("per_image")
-    rows = [{"image": img, "prediction": p, "references": refs[img], "CIDEr": per_image[img]["CIDEr"]}
-            for img, p in zip(by_image, preds)]
+    rows = [{"image": img, "question": question_of(rec.turns), "prediction": p, "references": refs[img],
+             "CIDEr": per_image[img]["CIDEr"]} for img, p, rec in zip(by_image, preds, firsts)]
     return {"data": source, "images": len(by_image), "captions": sum(map(len, refs.values())), **scores}, rows
 
 
@@ -133,40 +112,18 @@ def _pope(vlm, recipe, arg: str, precision: str, cache) -> tuple[dict, list[dict
         turns = [t for pre, q in zip(lead, qs) for t in (("user", pre + q["text"]), ("assistant", q["label"]))]
         records.append(Record(f"pope-{k}", turns, images=[image], source=f"pope:{source} image {image}"))
     questions = [q for qs in by_image.values() for q in qs]
-    answers = _answers(vlm, recipe, records, precision, cache, True, recipe.eval.max_new_tokens, f"POPE {source}")
+    replies = answers(vlm, recipe, prepared(vlm, recipe, records, precision, cache, describe=True), precision, cache,
+                      recipe.eval.max_new_tokens, f"POPE {source}")
     block = {"objects": source, "images": len(objects)}
     for s in settings:
-        mine = [(q, a) for q, a in zip(questions, answers) if q["setting"] == s]
+        mine = [(q, a) for q, a in zip(questions, replies) if q["setting"] == s]
         block[s] = pope_metrics([a for _, a in mine], [q["label"] for q, _ in mine])
     rows = [{"setting": q["setting"], "image": q["image"], "question": q["text"], "label": q["label"],
-             "prediction": a, "read_as": pope_answer(a)} for q, a in zip(questions, answers)]
+             "prediction": a, "read_as": pope_answer(a)} for q, a in zip(questions, replies)]
     return block, rows
 
 
-def _choice(vlm, recipe, source: str, precision: str, cache) -> tuple[dict, list[dict]]:
-    from vlgraft.eval.metrics.choice import extract_choice, scienceqa_accuracy
-
-    records = load_records(source, recipe.data.image_root)
-    for rec in records:
-        choices, answer = rec.meta.get("choices"), rec.meta.get("answer")
-        if not (isinstance(choices, list) and isinstance(answer, int) and 0 <= answer < len(choices)):
-            raise DataError(f"{rec.where}: a choice task needs meta 'choices' (a list) and 'answer' (an index), "
-                            "as the scienceqa: format gives them")
-    if not records:
-        raise DataError(f"choice:{source}: no questions")
-    preds = _answers(vlm, recipe, records, precision, cache, True, recipe.eval.max_new_tokens, f"choice {source}")
-    letters = [extract_choice(p, r.meta["choices"]) for r, p in zip(records, preds)]
-    correct = [lt == chr(ord("A") + r.meta["answer"]) for r, lt in zip(records, letters)]
-    block = {"data": source, "n": len(records), "accuracy": sum(correct) / len(records),
-             "unanswered": sum(lt is None for lt in letters)}
-    if all("subject" in r.meta and "grade" in r.meta for r in records):  # ScienceQA's own table
-        block["scienceqa"] = scienceqa_accuracy(list(zip(records, correct)))
-    rows = [{"id": r.id, "prediction": p, "choice": lt, "answer": chr(ord("A") + r.meta["answer"]), "correct": ok}
-            for r, p, lt, ok in zip(records, preds, letters, correct)]
-    return block, rows
-
-
-TASKS = {"caption": _caption, "pope": _pope, "choice": _choice}  # besides vqa, which eval/vqa.py runs
+TASKS = {"caption": _caption, "pope": _pope, "choice": run_choice}  # besides vqa, which eval/vqa.py runs
 
 
 def print_tasks(blocks: dict) -> None:
@@ -178,8 +135,12 @@ def print_tasks(blocks: dict) -> None:
         elif spec.startswith("choice:"):
             table = b.get("scienceqa", {}).get("accuracy", {})
             cols = ", ".join(f"{c} {100 * v:.1f}" for c, v in table.items() if v is not None)
-            print(f"{spec}: accuracy {100 * b['accuracy']:.2f}% ({b['n']} questions, {b['unanswered']} without an "
-                  f"option letter){'; ' + cols if cols else ''}")
+            how = (f"{b['unanswered']} without an option letter" if b["scoring"] == "generate"
+                   else f"by likelihood of the option {'letters' if b['candidates'] == 'letter' else 'texts'}")
+            circular = (f", circular {100 * b['circular_accuracy']:.2f}% ({b['passes']} passes)"
+                        if "circular_accuracy" in b else "")
+            print(f"{spec}: accuracy {100 * b['accuracy']:.2f}%{circular} ({b['n']} questions, {how})"
+                  f"{'; ' + cols if cols else ''}")
         else:
             for s in POPE_SETTINGS:
                 if s in b:

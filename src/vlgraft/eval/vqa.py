@@ -1,4 +1,6 @@
-"""Visual question answering by free generation: exact match after normalisation, by answer type."""
+"""Visual question answering by free generation, by answer type: exact match after normalisation, token
+F1, and VQA accuracy (``metrics.vqa_accuracy``: the benchmark's normalisation and its 10-annotator
+rule for records with several human answers; exact match under that normalisation otherwise)."""
 
 from __future__ import annotations
 
@@ -18,8 +20,10 @@ from vlgraft.data.cache import FeatureCache
 from vlgraft.data.conversation import single_turns
 from vlgraft.data.dataset import collate
 from vlgraft.data.describe import describe_records, gold_description, with_descriptions, with_gold_descriptions
+from vlgraft.data.records import IMAGE_PLACEHOLDER
 from vlgraft.data.sources import load_records
 from vlgraft.errors import DataError
+from vlgraft.eval.metrics.vqa_accuracy import vqa_accuracy
 from vlgraft.files import OutputError, write_json, write_jsonl
 from vlgraft.inference import autocast, device_of, generate_answers
 from vlgraft.options import to_dict
@@ -49,17 +53,20 @@ def token_f1(prediction: str, answer: str) -> float:
 
 def eval_items(records, turns: str = "conversation") -> list[dict]:
     """One item per assistant turn. ``conversation``: the conversation before it is the prompt (gold
-    history). ``independent``: the question alone, with the record's image, as a single-turn prompt."""
+    history). ``independent``: the question alone, with the record's image, as a single-turn prompt.
+    An item's ``references`` are the question's human answers where the record carries them
+    (``meta["references"]``, one list per question, as ``vqav2:`` gives them), else its one answer."""
     items = []
     for rec in records:
         if rec.kind == "document":
             raise DataError(f"{rec.where}: an interleaved document has no question to answer; evaluate on a "
                             "question or caption set (documents are for training)")
-        types = rec.meta.get("answer_types")
+        types, refs = rec.meta.get("answer_types"), rec.meta.get("references")
         if turns == "independent":
             for k, conv in enumerate(single_turns(rec)):
                 items.append({"id": f"{rec.id}#{k}", "record": rec, "turns": conv[:-1], "answer": conv[-1][1],
-                              "type": types[k] if types else rec.meta.get("answer_type", "all")})
+                              "type": types[k] if types else rec.meta.get("answer_type", "all"),
+                              "references": refs[k] if refs else [conv[-1][1]]})
             continue
         k, skip = 0, rec.lead_pairs  # lead exchanges (describe-first) are context, not questions
         for i, (role, text) in enumerate(rec.turns):
@@ -67,9 +74,16 @@ def eval_items(records, turns: str = "conversation") -> list[dict]:
                 skip -= 1
             elif role == "assistant":
                 items.append({"id": f"{rec.id}#{k}", "record": rec, "turns": rec.turns[:i], "answer": text,
-                              "type": types[k] if types else rec.meta.get("answer_type", "all")})
+                              "type": types[k] if types else rec.meta.get("answer_type", "all"),
+                              "references": refs[k] if refs else [text]})
                 k += 1
     return items
+
+
+def question_of(turns) -> str:
+    """The last question of a prompt, its image placeholders aside (for prediction rows)."""
+    users = [text for role, text in turns if role == "user"]
+    return users[-1].replace(IMAGE_PLACEHOLDER, "").strip() if users else ""
 
 
 def describe_summary(records, described: list[str | None], request: str) -> dict:
@@ -153,25 +167,32 @@ def evaluate(vlm, data: DataConfig, cfg: EvalConfig, precision: str = "bf16", ou
     preds = generate_answers(vlm, items, cache, cfg.batch_size, cfg.max_new_tokens, precision,
                              packed=turns == "independent", desc="eval")
     elapsed = time.time() - t0
-    by_type: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0.0])
+    by_type: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0])
     rows = []
     for it, pred in zip(items, preds):
         ok = normalize(pred) == normalize(it["answer"])
         f1 = token_f1(pred, it["answer"])
+        acc = vqa_accuracy(pred, it["references"], it["id"])
         for key in {it["type"], "all"}:
             by_type[key][0] += ok
             by_type[key][1] += 1
             by_type[key][2] += f1
+            by_type[key][3] += acc
+        rec = it["record"]
         rows.append({"id": it["id"], "answer": it["answer"], "prediction": pred, "correct": ok, "f1": f1,
-                     "type": it["type"]})
+                     "vqa_accuracy": acc, "type": it["type"], "question": question_of(it["turns"]),
+                     "image": rec.images[0] if rec.images else None})
+        if len(it["references"]) > 1:
+            rows[-1]["references"] = it["references"]
         if it["record"].id in description_of:
             rows[-1]["description"] = description_of[it["record"].id]
     result = {
         "data": data.eval if isinstance(data.eval, str) else to_dict(data.eval), "n": len(items),
         "accuracy": by_type["all"][0] / max(1, by_type["all"][1]),
         "f1": by_type["all"][2] / max(1, by_type["all"][1]),
-        "by_type": {k: {"n": n, "correct": c, "accuracy": c / n, "f1": f / n}
-                    for k, (c, n, f) in sorted(by_type.items())},
+        "vqa_accuracy": by_type["all"][3] / max(1, by_type["all"][1]),
+        "by_type": {k: {"n": n, "correct": c, "accuracy": c / n, "f1": f / n, "vqa_accuracy": a / n}
+                    for k, (c, n, f, a) in sorted(by_type.items())},
         "seconds": elapsed, "questions_per_s": len(items) / max(elapsed, 1e-9), "precision": precision,
         "turns": turns,
     }
@@ -181,10 +202,11 @@ def evaluate(vlm, data: DataConfig, cfg: EvalConfig, precision: str = "bf16", ou
         result["val_loss"] = val_loss
         result["val_loss_records"] = len(recs)
     table = Table(title=f"exact match on {result['data']}")
-    for col in ("answer type", "questions", "correct", "accuracy", "token F1"):
+    for col in ("answer type", "questions", "correct", "accuracy", "token F1", "VQA accuracy"):
         table.add_column(col, justify="left" if col == "answer type" else "right")
     for k, v in result["by_type"].items():
-        table.add_row(k, str(v["n"]), str(v["correct"]), f"{100 * v['accuracy']:.2f}%", f"{100 * v['f1']:.1f}%")
+        table.add_row(k, str(v["n"]), str(v["correct"]), f"{100 * v['accuracy']:.2f}%", f"{100 * v['f1']:.1f}%",
+                      f"{100 * v['vqa_accuracy']:.2f}%")
     console.print(table)
     if described is not None:
         d = result["describe_first"]

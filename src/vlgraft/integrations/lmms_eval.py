@@ -34,10 +34,8 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
-from tqdm import tqdm
 
 from vlgraft.errors import VlgraftError
 
@@ -271,52 +269,8 @@ class VlgraftLmms(lmms):
                            "multi-round tasks (generate_until_multi_round) are not supported")
 
     # ------------------------------------------------------------------ loglikelihood
-    def _continuation(self, rec, where: str) -> dict:
-        """Input ids of the conversation and the positions of the reply's own tokens."""
-        from vlgraft.data.conversation import IGNORE, tokenize_conversation, tokenize_prompt
-
-        llm, n_img = self.vlm.llm, self.vlm.num_image_tokens
-        ex = tokenize_conversation(rec, llm, n_img, 10**9)
-        ids = ex["input_ids"]
-        start = len(tokenize_prompt(rec.turns[:-1], llm, n_img, where))
-        reply = rec.turns[-1][1]
-        labelled = [int(t) for t, lab in zip(ids[start:], ex["labels"][start:]) if lab != IGNORE]
-        own = llm.tokenizer(reply, add_special_tokens=False).input_ids
-        if labelled[:len(own)] == own:
-            n = len(own)
-        else:  # the reply's last token merged with the template's turn end: count the covering tokens
-            n = next((k for k in range(1, len(labelled) + 1)
-                      if len(llm.tokenizer.decode(labelled[:k]).strip()) >= len(reply)), len(labelled))
-        labels = torch.full_like(ids, IGNORE)
-        labels[start:start + n] = ids[start:start + n]
-        return {"input_ids": ids, "labels": labels}
-
-    @torch.no_grad()
-    def _score(self, batch: dict) -> list[tuple[float, bool]]:
-        """Summed log-probability of each sample's labelled tokens (negated for ``score=nll``) and
-        whether each is the argmax; the LM head runs only at those positions (as ``VLM.forward``
-        computes its loss)."""
-        vlm = self.vlm
-        x = vlm.prepare(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"),
-                        batch.get("image_features"), labels=batch["labels"], image_counts=batch["image_counts"])
-        with vlm.method_context(x["context"]):
-            hidden = vlm.llm.hidden_states(x["embeds"], x["attention_mask"], x["position_ids"])
-            target = x["labels"][:, 1:]
-            sel = target != -100
-            logits = vlm.llm.logits(hidden[:, :-1][sel]).float()  # [n_labelled, V]
-        tgt = target[sel]
-        logp = torch.log_softmax(logits, -1).gather(1, tgt[:, None])[:, 0]
-        hit = logits.argmax(-1) == tgt
-        rows = sel.nonzero()[:, 0]
-        b = sel.shape[0]
-        sums = torch.zeros(b, dtype=torch.float64, device=logp.device).index_add_(0, rows, logp.double())
-        misses = torch.zeros(b, dtype=torch.long, device=logp.device).index_add_(0, rows, (~hit).long())
-        sign = -1.0 if self.score == "nll" else 1.0
-        return [(sign * s + 0.0, int(m) == 0) for s, m in zip(sums.tolist(), misses.tolist())]
-
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
-        from vlgraft.data.dataset import collate, image_input
-        from vlgraft.inference import autocast, device_of
+        from vlgraft.eval.likelihood import reply_logprobs
 
         out: list[tuple[float, bool] | None] = [None] * len(requests)
         records, todo = [], []
@@ -338,22 +292,10 @@ class VlgraftLmms(lmms):
             todo.append(i)
         show = self.rank == 0
         records = self._describe(records, show)
-        examples = []
-        for rec in records:
-            ex = self._continuation(rec, rec.where)
-            examples.append({**ex, "image_features": None, "pixel_values": None,
-                             **image_input(rec, None, self.vlm.vision)})
-        device = device_of(self.vlm)
-        pad = self.vlm.llm.tokenizer.pad_token_id
-        order = sorted(range(len(examples)), key=lambda k: len(examples[k]["input_ids"]))
-        for s in tqdm(range(0, len(order), self.batch_size), desc="lmms-eval loglikelihood", unit="batch",
-                      disable=not show):
-            chunk = order[s: s + self.batch_size]
-            batch = collate([examples[k] for k in chunk], pad)
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            with autocast(device, self.precision):
-                scores = self._score(batch)
-            for k, score in zip(chunk, scores):
-                out[todo[k]] = score
-                self.cache_hook.add_partial("loglikelihood", requests[todo[k]].args, score)
+        sign = -1.0 if self.score == "nll" else 1.0
+        scores = reply_logprobs(self.vlm, records, None, self.batch_size, self.precision,
+                                desc="lmms-eval loglikelihood", show=show)
+        for i, (logprob, greedy, _) in zip(todo, scores):
+            out[i] = (sign * logprob + 0.0, greedy)
+            self.cache_hook.add_partial("loglikelihood", requests[i].args, out[i])
         return out

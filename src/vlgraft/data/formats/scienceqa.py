@@ -37,8 +37,13 @@ ANSWER_PROMPT = "Answer with the option's letter."
 LETTERS = string.ascii_uppercase
 
 
+def options_text(choices: list[str]) -> str:
+    """The options as the prompt lists them: ``(A) x (B) y ...``."""
+    return " ".join(f"({LETTERS[k]}) {c}" for k, c in enumerate(choices))
+
+
 def prompt(question: str, choices: list[str], hint: str | None = None, image: bool = False) -> str:
-    options = " ".join(f"({LETTERS[k]}) {c}" for k, c in enumerate(choices))
+    options = options_text(choices)
     return ((f"{IMAGE_PLACEHOLDER}\n" if image else "") + (f"Context: {hint}\n" if hint else "")
             + f"Question: {question}\nOptions: {options}\n{ANSWER_PROMPT}")
 
