@@ -7,7 +7,8 @@ choice:scienceqa:FILE`` in a child process, where FILE is a ScienceQA-format mul
 built here from easy-VQA test images (``What color is the shape?`` with the gold colour and two
 others as options, the answer's place rotating; subject natural science, grades 2 to 8), so every
 task runs offline on bundled data. Prints a table (task, figures, seconds, items per second) and
-writes ``benchmarks/results/eval_tasks_<device>.json``. Time it with nothing else running.
+writes ``benchmarks/results/eval_tasks_<device>.json``. A second call scores the multiple-choice set by
+likelihood with CircularEval (``--choice-scoring likelihood --circular``). Time it with nothing else running.
 """
 
 from __future__ import annotations
@@ -68,7 +69,14 @@ def main() -> None:
     cmd = ["eval", args.run, "--limit", str(args.limit), "--out", str(out)] + [a for t in tasks for a in ("--task", t)]
     cost = run_cli(cmd, work)
     result = json.loads(out.read_text())
-    rows = [("vqa (easy-VQA)", f"exact match {100 * result['accuracy']:.2f}%", result["seconds"], result["n"])]
+    # the same multiple-choice set by likelihood, every rotation of the options (CircularEval): a second call,
+    # since scoring is one setting per call
+    out_lh = work / "eval_choice_likelihood.json"
+    cost_lh = run_cli(["eval", args.run, "--out", str(out_lh), "--task", tasks[-1], "--choice-scoring", "likelihood",
+                       "--circular"], work)
+    likelihood = json.loads(out_lh.read_text())["tasks"][tasks[-1]]
+    rows = [("vqa (easy-VQA)", f"exact match {100 * result['accuracy']:.2f}%, VQA accuracy "
+             f"{100 * result['vqa_accuracy']:.2f}%", result["seconds"], result["n"])]
     for spec, b in result["tasks"].items():
         if spec.startswith("caption:"):
             figs, n = f"CIDEr {b['CIDEr']:.3f}, BLEU-4 {b['BLEU-4']:.3f}, METEOR {b['METEOR']:.3f}", b["images"]
@@ -79,14 +87,20 @@ def main() -> None:
         else:
             figs, n = f"accuracy {100 * b['accuracy']:.2f}% (Avg {100 * b['scienceqa']['accuracy']['Avg']:.2f})", b["n"]
         rows.append((spec.split(":")[0] + " (" + spec.split(":", 1)[1].split("/")[-1] + ")", figs, b["seconds"], n))
+    b = likelihood
+    rows.append(("choice by likelihood, circular", f"accuracy {100 * b['accuracy']:.2f}%, circular "
+                 f"{100 * b['circular_accuracy']:.2f}% ({b['passes']} passes)", b["seconds"], b["passes"]))
     print("\n| task | figures | seconds | items/s |\n|---|---|---|---|")
     for name, figs, sec, n in rows:
         print(f"| {name} | {figs} | {sec:.1f} | {n / sec:.1f} |")
-    print(f"\nwhole command: {cost['wall_s']:.0f} s, peak memory {cost['max_rss_mb']:.0f} MB")
+    print(f"\nwhole command: {cost['wall_s']:.0f} s, peak memory {cost['max_rss_mb']:.0f} MB; the likelihood call "
+          f"{cost_lh['wall_s']:.0f} s")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     RESULTS.mkdir(exist_ok=True)
     write_json(RESULTS / f"eval_tasks_{device}.json", {"run": args.run, "tasks": tasks, "result": result,
-                                                          "wall_s": cost["wall_s"], "max_rss_mb": cost["max_rss_mb"]})
+                                                          "wall_s": cost["wall_s"], "max_rss_mb": cost["max_rss_mb"],
+                                                          "choice_likelihood_circular": likelihood,
+                                                          "likelihood_wall_s": cost_lh["wall_s"]})
     print(f"wrote {RESULTS / f'eval_tasks_{device}.json'}")
 
 

@@ -1,4 +1,4 @@
-"""``vlgraft`` command line: train, eval, chat, export, serve, info, sweep, curate.
+"""``vlgraft`` command line: train, eval, report, chat, export, serve, info, sweep, curate.
 
 Every command reads one recipe — the file given to ``train`` / ``info``, or the run's own for ``eval``,
 ``chat`` and ``export`` — and takes the same ``-o key=value`` overrides; a command's convenience flags
@@ -142,6 +142,7 @@ def cmd_export(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from vlgraft.curate.cli import register as register_curate
+    from vlgraft.eval.report.cli import register as register_report
     from vlgraft.serve.cli import register as register_serve
     from vlgraft.sweep import register as register_sweep
 
@@ -186,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("recipe")
     _add_overrides(i)
     i.set_defaults(func=cmd_info)
+    register_report(sub)
     register_serve(sub)
     register_sweep(sub)
     register_curate(sub)

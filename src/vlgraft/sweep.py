@@ -292,11 +292,8 @@ def markdown(sweep: Sweep, results: list[dict]) -> str:
 
 
 def plot(results: list[dict], path: Path, title: str, console) -> bool:
-    try:
-        import matplotlib
-    except ImportError:
-        console.print("matplotlib is not installed (pip install 'vlgraft[dev]'): no loss plot")
-        return False
+    import matplotlib  # a core dependency (the report pages draw with it too)
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
