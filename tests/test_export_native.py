@@ -4,6 +4,7 @@ the trained model does — mergeable methods folded in, the others kept as modul
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -19,6 +20,9 @@ VARIANTS = {
     "ia3 + vision lora on CLIP": ("hf", [{"name": "ia3"}, {"name": "lora", "r": 2, "target": "vision",
                                                            "target_modules": ["q_proj"]}]),
     "bundled EfficientNet": ("efficientnet-lite0", [{"name": "lora", "r": 4, "target_modules": ["q_proj"]}]),
+    # scope image: merged weights would act on text-only input too, so both stay modules
+    "image-scoped lora+adapter": ("hf", [{"name": "llama_adapter", "layers": 2, "prompt_len": 4, "scope": "image"},
+                                         {"name": "lora", "r": 4, "target_modules": ["q_proj"], "scope": "image"}]),
 }
 
 
@@ -37,13 +41,20 @@ def test_export_answers_as_the_run_without_it(variant, tiny_llms, tiny_clip, tin
     if tower != "hf":
         r["vision"] = {"name": tower, "feature_layer": -1, "grid": 2}
     r["methods"] = methods
+    if any(m.get("scope") == "image" for m in methods):  # text-only records would train nothing
+        images_only = tiny_data.parent / "images_only.json"  # beside the images it names
+        images_only.write_text(json.dumps([x for x in json.loads(tiny_data.read_text()) if "image" in x]))
+        r["data"]["train"] = str(images_only)
     r["trainable"] = [{"name": "connector", "params": ["connector"], "lr": 1e-2}] + [
         {"name": f"g{i}", "params": [m["name"]], "lr": 1e-2} for i, m in enumerate(methods)]
     run = vlgraft.train(r)
     image = tmp_path / "red.png"
     Image.new("RGB", (40, 40), COLORS["red"]).save(image)
     questions = ["What color is it?", "Is it a square?"]
-    before = vlgraft.load(run).generate(questions, images=[[image], [image]], max_new_tokens=6)
+    trained = vlgraft.load(run)
+    before = trained.generate(questions, images=[[image], [image]], max_new_tokens=6)
+    text_before = trained.generate(["What is 2 plus 2?"], max_new_tokens=6)
+    del trained
 
     out = tmp_path / "exported"
     main(["export", str(run), str(out)])
@@ -58,7 +69,8 @@ def test_export_answers_as_the_run_without_it(variant, tiny_llms, tiny_clip, tin
 
     model = vlgraft.load(out)
     assert model.generate(questions, images=[[image], [image]], max_new_tokens=6) == before
-    kept = [m["name"] for m in methods if m["name"] == "llama_adapter"]
+    assert model.generate(["What is 2 plus 2?"], max_new_tokens=6) == text_before
+    kept = [m["name"] for m in methods if m["name"] == "llama_adapter" or m.get("scope") == "image"]
     assert [m.name for m in model.vlm.methods] == kept  # merged methods are gone, the others stay modules
 
     main(["chat", "--ckpt", str(out), "--image", str(image), "--max-new-tokens", "6", "-o", "eval.precision=fp32",

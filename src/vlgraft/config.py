@@ -169,6 +169,8 @@ class TrainConfig:
     max_grad_norm: float | None = option(1.0, "gradient clipping norm; null disables", gt=0)
     precision: str = option("bf16", "autocast precision, on CPU and GPU", choices=PRECISIONS)
     seed: int = option(0, "seed for initialisation, data order and dropout", min=0, max=2**32 - 1)
+    text_kl: float = option(0.0, "weight of a KL term to the frozen base model on text-only samples' answer tokens "
+                            "(the base: this model with every method switched off, no second copy); 0: off", min=0)
     feature_cache: bool = option(True, "cache frozen image-encoder features on disk (keyed by encoder, "
                                  "preprocessing and image bytes)")
     log_every: int = option(10, "optimizer steps between metric records", min=1)

@@ -126,9 +126,12 @@ def _connector_problem(vlm, recipe) -> str | None:
 
 
 def _method_problem(vlm, recipe) -> str | None:
-    kept = [m.name for m in vlm.methods if not m.mergeable]
+    kept = [m for m in vlm.methods if not m.mergeable]
+    if kept and getattr(kept[0].cfg, "scope", "all") != "all":
+        return (f"method {kept[0].name!r} with scope {kept[0].cfg.scope!r} (it acts on image samples only, which "
+                "weights merged into the LLM cannot do)")
     if kept:
-        return (f"method {kept[0]!r} (it stays a module inside the model and cannot be merged into the base "
+        return (f"method {kept[0].name!r} (it stays a module inside the model and cannot be merged into the base "
                 "weights)")
     return None
 

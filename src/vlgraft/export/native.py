@@ -62,12 +62,24 @@ def _folder_keys(vlm) -> dict[str, tuple[str, object, set[str]]]:
     return out
 
 
+def _located(state_keys, prefix: str, key: str) -> str | None:
+    """Where the base weight ``key`` lives in the state dict: ``prefix + key``, or, inside a peft layer
+    kept as a module (a LoRA with ``scope: image``), under its ``base_layer`` (one per nesting level)."""
+    module, _, param = (prefix + key).rpartition(".")
+    for depth in range(4):
+        name = ".".join([module] + ["base_layer"] * depth + [param])
+        if name in state_keys:
+            return name
+    return None
+
+
 def _extra_keys(vlm, folders) -> list[str]:
     """The state-dict keys not held by a transformers sub-folder: they go to ``model.safetensors``. A
     transformers tower is also reachable as ``<prefix>tower.``; those aliases are covered too."""
     from vlgraft.models.vision import HFVisionEncoder
 
-    covered = {prefix + k for prefix, _, keys in folders.values() for k in keys}
+    state_keys = set(vlm.state_dict())
+    covered = {_located(state_keys, prefix, k) for prefix, _, keys in folders.values() for k in keys}
     for key, prefix, enc in _towers(vlm):
         if isinstance(enc, HFVisionEncoder) and key in folders:
             sub = "" if enc.tower is enc.model else "vision_model."
@@ -81,7 +93,7 @@ def write(vlm, recipe, folder: Path) -> dict:
     folders = _folder_keys(vlm)
     state = vlm.state_dict()
     for sub, (prefix, model, keys) in folders.items():
-        weights = {k: state[prefix + k] for k in keys if prefix + k in state}
+        weights = {k: state[at] for k in keys if (at := _located(state, prefix, k)) is not None}
         missing = sorted(keys - set(weights))
         if missing:  # a method replaced a base module instead of wrapping it: the folder would be incomplete
             raise VlgraftError(f"export: {sub} weights {missing[:3]} are not in the model (a method renamed them)")

@@ -14,7 +14,7 @@ from torch import nn
 
 from vlgraft.config import MethodOptions
 from vlgraft.errors import ConfigError
-from vlgraft.methods.base import Method
+from vlgraft.methods.base import Method, active_rows, keep_rows, scope_option
 from vlgraft.models.anatomy import attention_of, decoder_layers, ffn_of
 from vlgraft.options import option
 from vlgraft.registry import METHOD
@@ -51,17 +51,22 @@ def _out_tensor(output):
     return output[0] if isinstance(output, tuple) else output
 
 
-def attach(in_mod: nn.Module, out_mod: nn.Module, adapter: Bottleneck, mode: str) -> None:
-    """Hook ``adapter`` around the sublayer that starts at ``in_mod`` and ends at ``out_mod``."""
+def attach(in_mod: nn.Module, out_mod: nn.Module, adapter: Bottleneck, mode: str, scope: str = "all") -> None:
+    """Hook ``adapter`` around the sublayer that starts at ``in_mod`` and ends at ``out_mod``, acting on
+    the samples ``active_rows(scope)`` says (the others keep the sublayer's output)."""
+    def add(output, x):
+        rows = active_rows(scope)
+        return output if rows is False else _add_to_output(output, keep_rows(adapter(x), rows))
+
     if mode == "serial":
-        out_mod.register_forward_hook(lambda m, a, o: _add_to_output(o, adapter(_out_tensor(o))))
+        out_mod.register_forward_hook(lambda m, a, o: add(o, _out_tensor(o)))
         return
     if in_mod is out_mod:
-        in_mod.register_forward_hook(lambda m, a, kw, o: _add_to_output(o, adapter(_first(a, kw))), with_kwargs=True)
+        in_mod.register_forward_hook(lambda m, a, kw, o: add(o, _first(a, kw)), with_kwargs=True)
         return
     stash = {}
     in_mod.register_forward_pre_hook(lambda m, a, kw: stash.__setitem__("x", _first(a, kw)), with_kwargs=True)
-    out_mod.register_forward_hook(lambda m, a, o: _add_to_output(o, adapter(stash.pop("x"))))
+    out_mod.register_forward_hook(lambda m, a, o: add(o, stash.pop("x")))
 
 
 @dataclass
@@ -74,6 +79,7 @@ class BottleneckOptions(MethodOptions):
     act: str = option("relu", "nonlinearity", choices=tuple(_ACTS))
     scale: float = option(1.0, "scale of the adapter's output")
     dropout: float = option(0.0, "dropout inside the adapter", min=0, max=1)
+    scope: str = scope_option()
 
 
 @METHOD.register("bottleneck_adapter")
@@ -91,6 +97,6 @@ class BottleneckAdapter(Method):
                 layer.add_module(f"vlgraft_adapter_{where}", ad)
                 if where == "attn":
                     attn = attention_of(layer)
-                    attach(attn, attn, ad, c.mode)
+                    attach(attn, attn, ad, c.mode, c.scope)
                 else:
-                    attach(*ffn_of(layer), ad, c.mode)
+                    attach(*ffn_of(layer), ad, c.mode, c.scope)

@@ -4,8 +4,9 @@
 and switches the model to it, so no model's attention class is copied. An attention module may
 then carry:
 
-* ``vlgraft_prefix``: callable ``(module, query) -> (keys, values)`` of shape ``[B, Hkv, P, D]``,
-  prepended to the layer's keys/values and attended through the *same* softmax (prefix tuning);
+* ``vlgraft_prefix``: callable ``(module, query) -> (keys, values)`` of shape ``[B, Hkv, P, D]`` (or
+  None: no prefix in this forward), prepended to the layer's keys/values and attended through the
+  *same* softmax (prefix tuning);
 * ``vlgraft_gated``: list of callables ``(module, query, scaling) -> [B, T, H, D]`` added to the
   attention output before the output projection (LLaMA-Adapter's separately-softmaxed, gated
   adaptation prompts).
@@ -52,8 +53,9 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     prefix = getattr(module, "vlgraft_prefix", None)
-    if prefix is not None:
-        pk, pv = prefix(module, query)
+    kv = prefix(module, query) if prefix is not None else None
+    if kv is not None:
+        pk, pv = kv
         b, _, t, _ = query.shape
         attention_mask = with_prefix_keys(attention_mask, b, t, key.shape[2], pk.shape[2], query.device)
         key = torch.cat([pk.to(key.dtype), key], dim=2)

@@ -10,6 +10,12 @@ what it adds before the sequence and whether it takes the image, export whether 
 Per-batch values (the visual tokens, which samples have an image) reach the methods' modules through
 ``MethodContext``, set for the length of one forward or generation by ``with vlm.method_context(ctx)``
 and read with ``current_context()``: no module holds a reference to the model.
+
+Which samples a method acts on (``active_rows``): every one by default; with the option ``scope:
+image`` only those that carry an image, so that a text-only input takes exactly the base model's path
+(the LLM keeps its language where no image is involved); none in a *base pass* (``MethodContext.base``:
+the frozen base model without a second copy in memory, for ``train.text_kl``). A method that trains
+existing weights (``claims``) cannot be switched off: its ``switchable`` is False.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class MethodContext:
     visual: torch.Tensor | None  # [B_img, M, Dl] connector output, images in batch order
     has_image: torch.Tensor  # [B] bool
     image_counts: torch.Tensor | None = None  # [B] images per sample (None: at most one each)
+    base: bool = False  # a base pass: every method is off (active_rows)
     _memo: dict = field(default_factory=dict, repr=False)
 
     _per_sample: set = field(default_factory=set, repr=False)
@@ -62,7 +69,7 @@ class MethodContext:
         img = [j for i in index for j in range(starts[i], starts[i] + counts[i])]
         visual = None if self.visual is None or not img else self.visual[img]
         idx = torch.tensor(index, device=self.has_image.device, dtype=torch.long)
-        out = MethodContext(visual, self.has_image[idx], self.counts()[idx])
+        out = MethodContext(visual, self.has_image[idx], self.counts()[idx], base=self.base)
         for owner in self._per_sample:
             out._memo[owner] = self._memo[owner][idx.to(self._memo[owner].device)]
             out._per_sample.add(owner)
@@ -73,7 +80,7 @@ class MethodContext:
         """One context for the samples of ``parts``, in order (their per-sample memos concatenated)."""
         vis = [p.visual for p in parts if p.visual is not None]
         out = MethodContext(torch.cat(vis) if vis else None, torch.cat([p.has_image for p in parts]),
-                            torch.cat([p.counts() for p in parts]))
+                            torch.cat([p.counts() for p in parts]), base=parts[0].base)
         for owner in set.intersection(*(p._per_sample for p in parts)):
             out._memo[owner] = torch.cat([p._memo[owner] for p in parts])
             out._per_sample.add(owner)
@@ -98,6 +105,44 @@ class MethodContext:
 def current_context() -> MethodContext | None:
     """The context of the forward or generation running now (None outside one: a text-only call)."""
     return _CURRENT.get()
+
+
+SCOPES = ("all", "image")
+
+
+def scope_option():
+    """The ``scope`` option of the methods that can leave text-only samples on the base path."""
+    from vlgraft.options import option
+
+    return option("all", "the samples the method acts on: all, or image (only samples with an image: a text-only "
+                  "input takes exactly the base model's path)", choices=SCOPES)
+
+
+def active_rows(scope: str = "all") -> torch.Tensor | bool:
+    """Which samples of the running forward a method of ``scope`` acts on: True (all), False (none: its
+    output must be exactly the base path's) or a bool mask ``[B]``. Outside a context (a call with no
+    image) only ``all`` acts; in a base pass nothing does."""
+    ctx = current_context()
+    if ctx is None:
+        return scope == "all"
+    if ctx.base:
+        return False
+    if scope == "all":
+        return True
+
+    def compute():  # once per context: a mask's all()/any() would synchronise a GPU in every layer
+        if bool(ctx.has_image.all()):
+            return True
+        return ctx.has_image if bool(ctx.has_image.any()) else False
+    return ctx.memo(("active_rows", scope), compute)
+
+
+def keep_rows(delta: torch.Tensor, rows: torch.Tensor | bool) -> torch.Tensor:
+    """``delta`` ``[B, ...]`` with the inactive samples' rows zeroed (``rows`` as ``active_rows`` gives it,
+    not False): added to the base output, those rows stay the base output bit for bit."""
+    if rows is True:
+        return delta
+    return delta * rows.to(delta.dtype).view(-1, *([1] * (delta.dim() - 1)))
 
 
 @contextlib.contextmanager
@@ -131,6 +176,11 @@ class Method:
     # -- building
     def apply(self, vlm) -> None:
         raise NotImplementedError
+
+    def switchable(self, vlm) -> bool:
+        """Whether ``active_rows`` turns the method off (a base pass, ``scope: image``): not when it trains
+        weights of the LLM itself."""
+        return not match_names([n for n, _ in vlm.named_parameters() if n.startswith("llm.")], self.claims)
 
     # -- parameters: what recipes' trainable groups refer to by the method's name
     def parameter_names(self) -> list[str]:

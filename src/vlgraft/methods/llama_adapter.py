@@ -27,7 +27,7 @@ from torch import nn
 from vlgraft.config import MethodOptions
 from vlgraft.errors import ConfigError
 from vlgraft.methods.attention import enable as enable_attention_hooks
-from vlgraft.methods.base import Method, current_context
+from vlgraft.methods.base import Method, active_rows, current_context, keep_rows, scope_option
 from vlgraft.models.anatomy import (
     attention_of,
     decoder_layers,
@@ -45,9 +45,10 @@ class GatedPrompt(nn.Module):
     """Extra tokens attended through their own softmax, gated per head by ``tanh(gate)`` (gate = 0)."""
 
     def __init__(self, n_heads: int, n_prompt: int = 0, hidden: int = 0, source: str = "static",
-                 init_std: float = 0.02):
+                 init_std: float = 0.02, scope: str = "all"):
         super().__init__()
         self.source = source  # static | static+global | visual
+        self.scope = scope
         self.gate = nn.Parameter(torch.zeros(n_heads))
         if source != "visual":
             self.prompt = nn.Parameter(torch.randn(n_prompt, hidden) * init_std)
@@ -73,6 +74,9 @@ class GatedPrompt(nn.Module):
 
     def forward(self, attn: nn.Module, query: torch.Tensor, scaling: float | None) -> torch.Tensor:
         b, h, t, d = query.shape
+        rows = active_rows(self.scope)
+        if rows is False:  # added to the attention output: zeros leave the base path exact
+            return query.new_zeros(b, t, h, d)
         ctx = current_context()
 
         def compute():
@@ -87,7 +91,7 @@ class GatedPrompt(nn.Module):
         out = (probs @ value) * torch.tanh(self.gate).to(query.dtype).view(1, h, 1, 1)
         if keep is not None:
             out = out * keep.to(out.dtype).view(b, 1, 1, 1)
-        return out.transpose(1, 2)
+        return keep_rows(out, rows).transpose(1, 2)
 
 
 def _attach(attn: nn.Module, name: str, module: GatedPrompt) -> None:
@@ -106,7 +110,11 @@ class BiasScale(nn.Module):
         self.scale = nn.Parameter(torch.ones(width))
 
     def hook(self, module, args, output):
-        return (self.scale * (output + self.bias)).to(output.dtype)
+        rows = active_rows()
+        if rows is False:
+            return None  # the base output
+        scaled = (self.scale * (output + self.bias)).to(output.dtype)
+        return scaled if rows is True else torch.where(rows.view(-1, *([1] * (output.dim() - 1))), scaled, output)
 
 
 @dataclass
@@ -116,6 +124,7 @@ class LlamaAdapterOptions(MethodOptions):
     multimodal: bool = option(True, "add the global image feature to every prompt (V1's visual path); the image "
                               "then does not enter the token sequence")
     init_std: float = option(0.02, "standard deviation of the prompts' initialisation", min=0)
+    scope: str = scope_option()
 
 
 @METHOD.register("llama_adapter")
@@ -139,7 +148,7 @@ class LlamaAdapter(Method):
         for layer in self._top_layers(vlm, n):
             attn = attention_of(layer)
             _attach(attn, "vlgraft_prompt", GatedPrompt(num_heads(attn)[0], self.cfg.prompt_len, hidden, source,
-                                                        self.cfg.init_std))
+                                                        self.cfg.init_std, getattr(self.cfg, "scope", "all")))
 
     def apply(self, vlm) -> None:
         enable_attention_hooks(vlm.llm.model)

@@ -14,7 +14,7 @@ from torch import nn
 
 from vlgraft.config import MethodOptions
 from vlgraft.errors import ConfigError
-from vlgraft.methods.base import Method
+from vlgraft.methods.base import Method, active_rows, keep_rows, scope_option
 from vlgraft.models.anatomy import decoder_layers
 from vlgraft.options import option
 from vlgraft.registry import METHOD
@@ -54,6 +54,18 @@ class LoraOptions(MethodOptions):
     target: str = option("llm", "which model: the LLM or the vision tower", choices=_TARGETS)
     use_dora: bool = option(False, "DoRA: a learned magnitude per output (weight-decomposed LoRA)")
     layers: list[int] | None = option(None, "only these block indices (negative: from the top); null: all")
+    scope: str = scope_option()
+
+
+def _scoped(scope: str):
+    """A forward hook on a ``lora_B``: its output (the update, before scaling) zeroed for the samples the
+    method does not act on, so that the layer returns its base output for them."""
+    def hook(module, args, output):
+        rows = active_rows(scope)
+        if rows is True:
+            return None
+        return output.new_zeros(()).expand_as(output) if rows is False else keep_rows(output, rows)
+    return hook
 
 
 @METHOD.register("lora")
@@ -61,12 +73,21 @@ class LoRA(Method):
     """Parameter names stay peft's: ``...q_proj.lora_A.default.weight``."""
 
     Options = LoraOptions
-    mergeable = True
+
+    @property
+    def mergeable(self) -> bool:  # merged weights would act on text-only input too
+        return self.cfg.scope == "all"
+
+    def switchable(self, vlm) -> bool:
+        return not self.cfg.use_dora and self.cfg.target == "llm"
 
     def apply(self, vlm) -> None:
         from peft import LoraConfig
+        from peft.tuners.lora import LoraLayer
 
         c = self.cfg
+        if c.scope != "all" and (c.use_dora or c.target != "llm"):
+            raise ConfigError(f"lora: scope {c.scope!r} needs plain LoRA on the LLM (not DoRA, not the vision tower)")
         layers = None
         if c.layers is not None:
             n = len(decoder_layers(vlm.llm.model)) if c.target == "llm" else len(vlm.vision.transformer_layers())
@@ -79,6 +100,12 @@ class LoRA(Method):
                           use_dora=c.use_dora, layers_to_transform=layers,
                           fan_in_fan_out=_transposed(root, c.target_modules))
         _inject(conf, root, "lora")
+        if c.target == "llm" and not c.use_dora:
+            for mod in root.modules():  # the layers this method created (an earlier LoRA's are hooked already)
+                if isinstance(mod, LoraLayer) and not getattr(mod, "vlgraft_scoped", False):
+                    for b in mod.lora_B.values():
+                        b.register_forward_hook(_scoped(c.scope))
+                    mod.vlgraft_scoped = True
 
     def merge(self, vlm) -> int:
         from peft.tuners.lora import LoraLayer
@@ -99,6 +126,9 @@ class IA3Options(MethodOptions):
 class IA3(Method):
     Options = IA3Options
     mergeable = True
+
+    def switchable(self, vlm) -> bool:
+        return False  # peft's IA3 rescales inside the layer: no output to zero per sample
 
     def apply(self, vlm) -> None:
         from peft import IA3Config

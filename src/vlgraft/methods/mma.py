@@ -23,7 +23,7 @@ from torch import nn
 
 from vlgraft.config import MethodOptions
 from vlgraft.methods.adapters import Bottleneck
-from vlgraft.methods.base import Method, current_context
+from vlgraft.methods.base import Method, active_rows, current_context
 from vlgraft.models.anatomy import attention_of, decoder_layers
 from vlgraft.options import option
 from vlgraft.registry import METHOD
@@ -50,6 +50,8 @@ class RoutedAdapter(nn.Module):
         return compute() if ctx is None else ctx.memo(self, compute, per_sample=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if active_rows() is False:  # a base pass
+            return x
         w = self.routes(x)
         z = self.down(x.to(self.down.weight.dtype))
         mixed = w[:, 0, None, None] * self.up[0](z) + w[:, 1, None, None] * self.up[1](z)
@@ -112,5 +114,7 @@ class MMA(Method):
             vlm.add_module("mma_neck", ad)  # beside, not inside, the connector: its own parameter group
             vlm.connector.register_forward_pre_hook(lambda m, a: (ad(a[0]), *a[1:]))
 
-    def prefix_embeds(self, vlm, ctx, batch: int) -> torch.Tensor:
+    def prefix_embeds(self, vlm, ctx, batch: int) -> torch.Tensor | None:
+        if ctx.base:
+            return None
         return self.embedding(ctx.has_image.long()).unsqueeze(1)  # [B, 1, Dl]

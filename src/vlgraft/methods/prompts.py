@@ -16,7 +16,7 @@ from torch import nn
 from vlgraft.config import MethodOptions
 from vlgraft.errors import ConfigError
 from vlgraft.methods.attention import enable as enable_attention_hooks
-from vlgraft.methods.base import Method, current_context
+from vlgraft.methods.base import Method, active_rows, current_context
 from vlgraft.models.anatomy import attention_of, decoder_layers, head_dim, num_heads
 from vlgraft.options import option
 from vlgraft.registry import METHOD
@@ -54,7 +54,9 @@ class PromptTuning(Method):
         vlm.add_module("prompt_tuning", module)
         self.module = module
 
-    def prefix_embeds(self, vlm, ctx, batch: int) -> torch.Tensor:
+    def prefix_embeds(self, vlm, ctx, batch: int) -> torch.Tensor | None:
+        if ctx.base:
+            return None
         idx = torch.arange(self.cfg.num_virtual_tokens, device=self.module.embedding.weight.device)
         return self.module(idx).unsqueeze(0).expand(batch, -1, -1)
 
@@ -102,6 +104,8 @@ class PrefixTuning(Method):
 
     def _make(self, i: int):
         def prefix(module, query):
+            if active_rows() is False:  # a base pass: no prefix
+                return None
             t = self._table(query.device)[i]  # [2, Hkv, P, D]
             b = query.shape[0]
             return t[0].unsqueeze(0).expand(b, -1, -1, -1), t[1].unsqueeze(0).expand(b, -1, -1, -1)

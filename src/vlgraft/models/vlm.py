@@ -82,12 +82,13 @@ class VLM(nn.Module):
         return self.connector(image_features)
 
     def prepare(self, input_ids, attention_mask=None, pixel_values=None, image_features=None, has_image=None,
-                labels=None, position_ids=None, segment_ids=None, image_counts=None) -> dict:
+                labels=None, position_ids=None, segment_ids=None, image_counts=None, base: bool = False) -> dict:
         """Everything before the LLM's layers: encode and connect images, build the methods' context,
         splice visual tokens, put method prefixes (soft prompts, MMA's modality token) in front and
         shift masks, labels and positions to match. ``image_counts`` ``[B]`` (from ``collate``) says
         how many of the images, in order, belong to each sample; without it a sample has at most one.
-        The layers must run inside ``with self.method_context(out["context"])``."""
+        The layers must run inside ``with self.method_context(out["context"])``. ``base``: a base pass
+        (every method off: the frozen base model, ``methods.base.active_rows``)."""
         visual = self.visual_embeds(pixel_values, image_features)
         b = input_ids.shape[0]
         n_img = 0 if visual is None else visual.shape[0]
@@ -104,7 +105,7 @@ class VLM(nn.Module):
                 raise VlgraftError(f"{n_img} images for {b} samples: pass has_image to say which samples have one")
         if image_counts is None and int(has_image.sum()) != n_img:
             raise VlgraftError(f"batch marks {int(has_image.sum())} samples as having an image but has {n_img} images")
-        ctx = MethodContext(visual=visual, has_image=has_image, image_counts=image_counts)
+        ctx = MethodContext(visual=visual, has_image=has_image, image_counts=image_counts, base=base)
         embeds = self.embed_inputs(input_ids, visual if self.num_image_tokens else None)
         prefixes = [p for m in self.methods if (p := m.prefix_embeds(self, ctx, b)) is not None]
         if prefixes:
@@ -138,11 +139,13 @@ class VLM(nn.Module):
 
     # ------------------------------------------------------------------ language side
     def forward(self, input_ids, attention_mask, labels=None, pixel_values=None, image_features=None,
-                position_ids=None, segment_ids=None, has_image=None, image_counts=None):
+                position_ids=None, segment_ids=None, has_image=None, image_counts=None, text_kl: float = 0.0):
         """``position_ids``/``segment_ids`` come with packed independent turns (``masks.segment_mask``).
         With ``labels``: ``{"loss_sum", "n_tokens"}`` — cross-entropy summed over labelled positions,
         computed only there (the LM head over the vocabulary is a large share of the FLOPs and most
-        positions carry no label). Without: ``{"logits"}`` for every position."""
+        positions carry no label). Without: ``{"logits"}`` for every position. ``text_kl`` > 0 adds
+        ``text_kl`` x KL(base || model) summed over the labelled tokens of the text-only samples (also
+        returned alone as ``kl_sum``), the base being this model in a base pass (``train.text_kl``)."""
         x = self.prepare(input_ids, attention_mask, pixel_values, image_features, has_image, labels,
                          position_ids, segment_ids, image_counts)
         embeds, attention_mask, labels, position_ids = x["embeds"], x["attention_mask"], x["labels"], x["position_ids"]
@@ -156,7 +159,31 @@ class VLM(nn.Module):
             sel = target != -100
             logits = self.llm.logits(hidden[:, :-1][sel])  # [n_labelled, V]
         loss_sum = F.cross_entropy(logits.float(), target[sel], reduction="sum")
-        return {"loss_sum": loss_sum, "n_tokens": int(sel.sum())}
+        out = {"loss_sum": loss_sum, "n_tokens": int(sel.sum())}
+        text = ~x["context"].has_image  # [B]
+        if text_kl and bool(text.any()):
+            mine = text.view(-1, 1).expand_as(sel)[sel]  # [n_labelled]: the text-only samples' tokens
+            base = self._base_logits(input_ids, attention_mask, labels, position_ids, segment_ids, text)
+            kl = F.kl_div(F.log_softmax(logits[mine].float(), -1), F.log_softmax(base.float(), -1),
+                          log_target=True, reduction="sum")
+            out["kl_sum"], out["kl_tokens"] = kl.detach(), int(mine.sum())
+            out["loss_sum"] = loss_sum + text_kl * kl
+        return out
+
+    @torch.no_grad()
+    def _base_logits(self, input_ids, attention_mask, labels, position_ids, segment_ids, rows) -> torch.Tensor:
+        """The base model's logits ``[n, V]`` at the labelled positions of the samples ``rows`` (text-only:
+        no image), in the order the model's own pass selects them (method prefixes only shift positions)."""
+        pick = (lambda t: None if t is None else t[rows])
+        x = self.prepare(input_ids[rows], pick(attention_mask), labels=labels[rows], position_ids=pick(position_ids),
+                         segment_ids=pick(segment_ids), image_counts=torch.zeros_like(input_ids[rows, 0]), base=True)
+        mask = x["attention_mask"]
+        if x["segment_ids"] is not None:
+            mask = masks.segment_mask(x["segment_ids"], self.llm.model.config, x["embeds"].dtype)
+        with self.method_context(x["context"]):
+            hidden = self.llm.hidden_states(x["embeds"], mask, x["position_ids"])
+            sel = x["labels"][:, 1:] != -100
+            return self.llm.logits(hidden[:, :-1][sel])
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, pixel_values=None, image_features=None, has_image=None,

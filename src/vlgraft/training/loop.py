@@ -178,9 +178,28 @@ def build_data(recipe: Recipe, vlm, run: Run) -> Data:
     return Data(records, sources, dataset, total, global_batch)
 
 
+def check_text_kl(vlm) -> None:
+    """``train.text_kl`` compares the model with itself in a base pass (every method off): that is the
+    frozen base model only if every method can be switched off and no LLM weight trains directly."""
+    from vlgraft.methods.base import match_names
+
+    for m in vlm.methods:
+        if not m.switchable(vlm):
+            raise ConfigError(f"train.text_kl: method {m.name!r} cannot be switched off for the base pass (it trains "
+                              "the LLM's own weights, or rescales inside peft's layers); drop text_kl or the method")
+    created = [n for m in vlm.methods for n in m.created]
+    direct = [n for n, p in vlm.named_parameters() if p.requires_grad and n.startswith("llm.")
+              and not match_names([n], created)]
+    if direct:
+        raise ConfigError(f"train.text_kl: the LLM's own weights train ({direct[0]}, ...), so a base pass is not the "
+                          "base model; train methods (LoRA, adapters, ...) instead, or drop text_kl")
+
+
 def fit(recipe: Recipe, run: Run, vlm, resolved, data: Data) -> None:
     """The optimizer steps from the start (or the resumed step) to the end, then the final checkpoint."""
     accel, console, tc, main = run.accel, run.console, recipe.train, run.main
+    if tc.text_kl:
+        check_text_kl(vlm)
     world, total = accel.num_processes, data.total_steps
     mg = recipe.train.modality_groups
     modality = {k: set(v) for k, v in mg.items()} if mg else None
@@ -234,7 +253,8 @@ def fit(recipe: Recipe, run: Run, vlm, resolved, data: Data) -> None:
     it = iter(loader)
     bar = tqdm(total=total, initial=start, desc="train", disable=not main, unit="step", dynamic_ncols=True)
     t_last, samples_win, tokens_win = time.time(), 0, 0
-    loss_win = torch.zeros(2, device=accel.device)
+    loss_win = torch.zeros(4, device=accel.device)  # cross-entropy sum, tokens, KL-to-base sum, its tokens
+    kl_args = {"text_kl": tc.text_kl} if tc.text_kl else {}
     step = start
     steps_by_modality = {"image": 0, "text": 0}
     while step < total:
@@ -249,15 +269,18 @@ def fit(recipe: Recipe, run: Run, vlm, resolved, data: Data) -> None:
             m = {k: (v.to(accel.device) if torch.is_tensor(v) else v) for k, v in m.items()}
             sync = a == len(micro) - 1
             with accel.no_sync(model) if not sync and world > 1 else contextlib.nullcontext():
-                out_m = model(**m)
+                out_m = model(**m, **kl_args)
                 if not out_m["loss_sum"].requires_grad:
                     raise VlgraftError(f"step {step + 1}: a batch's loss depends on no trainable parameter "
-                                       "(e.g. text-only records while only the connector trains); drop those "
-                                       "records or make a language-side group trainable")
+                                       "(e.g. text-only records while only the connector trains, or while every "
+                                       "LLM method has scope: image); drop those records or make a language-side "
+                                       "group trainable")
                 accel.backward(out_m["loss_sum"] / n_global * world)  # DDP averages gradients over processes
             step_loss += out_m["loss_sum"].detach().float()
-            loss_win += torch.stack([out_m["loss_sum"].detach().float(),
-                                     torch.tensor(float(out_m["n_tokens"]), device=accel.device)])
+            kl = out_m.get("kl_sum", torch.zeros((), device=accel.device)).float()
+            loss_win += torch.stack([out_m["loss_sum"].detach().float() - tc.text_kl * kl,
+                                     torch.tensor(float(out_m["n_tokens"]), device=accel.device), kl,
+                                     torch.tensor(float(out_m.get("kl_tokens", 0)), device=accel.device)])
             samples_win += m["input_ids"].shape[0]
             tokens_win += int(m["attention_mask"].sum())
         if modality is not None:  # joint training: the other modality's groups do not move at all
@@ -282,6 +305,8 @@ def fit(recipe: Recipe, run: Run, vlm, resolved, data: Data) -> None:
                    "time": time.time()}
             if modality is not None:
                 rec["steps_by_modality"] = dict(steps_by_modality)
+            if tc.text_kl:  # per text-only answer token, in nats
+                rec["text_kl"] = (tot[2] / tot[3].clamp(min=1)).item()
             accel.log(rec, step=step)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{rec['samples_per_s']:.1f}")
             t_last, samples_win, tokens_win = time.time(), 0, 0
