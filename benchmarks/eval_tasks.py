@@ -7,8 +7,9 @@ choice:scienceqa:FILE`` in a child process, where FILE is a ScienceQA-format mul
 built here from easy-VQA test images (``What color is the shape?`` with the gold colour and two
 others as options, the answer's place rotating; subject natural science, grades 2 to 8), so every
 task runs offline on bundled data. Prints a table (task, figures, seconds, items per second) and
-writes ``benchmarks/results/eval_tasks_<device>.json``. A second call scores the multiple-choice set by
-likelihood with CircularEval (``--choice-scoring likelihood --circular``). Time it with nothing else running.
+writes ``benchmarks/results/eval_tasks_<device>.json``. Three more calls score the multiple-choice set with
+CircularEval (``--circular``): by generation, and by the likelihood of the option letters and of the option
+texts (``--choice-scoring likelihood [-o eval.choice_candidates=option]``). Time it with nothing else running.
 """
 
 from __future__ import annotations
@@ -69,12 +70,16 @@ def main() -> None:
     cmd = ["eval", args.run, "--limit", str(args.limit), "--out", str(out)] + [a for t in tasks for a in ("--task", t)]
     cost = run_cli(cmd, work)
     result = json.loads(out.read_text())
-    # the same multiple-choice set by likelihood, every rotation of the options (CircularEval): a second call,
-    # since scoring is one setting per call
-    out_lh = work / "eval_choice_likelihood.json"
-    cost_lh = run_cli(["eval", args.run, "--out", str(out_lh), "--task", tasks[-1], "--choice-scoring", "likelihood",
-                       "--circular"], work)
-    likelihood = json.loads(out_lh.read_text())["tasks"][tasks[-1]]
+    # the same multiple-choice set in every rotation of its options (CircularEval), by generation and by the
+    # likelihood of the option letters or texts: one call each, since scoring is one setting per call
+    choice_variants = {"generate": [], "likelihood of the letters": ["--choice-scoring", "likelihood"],
+                       "likelihood of the option texts": ["--choice-scoring", "likelihood", "-o",
+                                                          "eval.choice_candidates=option"]}
+    circular = {}
+    for label, flags in choice_variants.items():
+        path = work / f"eval_choice_{len(circular)}.json"
+        cost_c = run_cli(["eval", args.run, "--out", str(path), "--task", tasks[-1], "--circular", *flags], work)
+        circular[label] = {**json.loads(path.read_text())["tasks"][tasks[-1]], "wall_s": cost_c["wall_s"]}
     rows = [("vqa (easy-VQA)", f"exact match {100 * result['accuracy']:.2f}%, VQA accuracy "
              f"{100 * result['vqa_accuracy']:.2f}%", result["seconds"], result["n"])]
     for spec, b in result["tasks"].items():
@@ -87,20 +92,18 @@ def main() -> None:
         else:
             figs, n = f"accuracy {100 * b['accuracy']:.2f}% (Avg {100 * b['scienceqa']['accuracy']['Avg']:.2f})", b["n"]
         rows.append((spec.split(":")[0] + " (" + spec.split(":", 1)[1].split("/")[-1] + ")", figs, b["seconds"], n))
-    b = likelihood
-    rows.append(("choice by likelihood, circular", f"accuracy {100 * b['accuracy']:.2f}%, circular "
-                 f"{100 * b['circular_accuracy']:.2f}% ({b['passes']} passes)", b["seconds"], b["passes"]))
+    for label, b in circular.items():
+        rows.append((f"choice, circular, {label}", f"accuracy {100 * b['accuracy']:.2f}%, circular "
+                     f"{100 * b['circular_accuracy']:.2f}% ({b['passes']} passes)", b["seconds"], b["passes"]))
     print("\n| task | figures | seconds | items/s |\n|---|---|---|---|")
     for name, figs, sec, n in rows:
         print(f"| {name} | {figs} | {sec:.1f} | {n / sec:.1f} |")
-    print(f"\nwhole command: {cost['wall_s']:.0f} s, peak memory {cost['max_rss_mb']:.0f} MB; the likelihood call "
-          f"{cost_lh['wall_s']:.0f} s")
+    print(f"\nwhole command: {cost['wall_s']:.0f} s, peak memory {cost['max_rss_mb']:.0f} MB")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     RESULTS.mkdir(exist_ok=True)
     write_json(RESULTS / f"eval_tasks_{device}.json", {"run": args.run, "tasks": tasks, "result": result,
                                                           "wall_s": cost["wall_s"], "max_rss_mb": cost["max_rss_mb"],
-                                                          "choice_likelihood_circular": likelihood,
-                                                          "likelihood_wall_s": cost_lh["wall_s"]})
+                                                          "choice_circular": circular})
     print(f"wrote {RESULTS / f'eval_tasks_{device}.json'}")
 
 

@@ -207,19 +207,19 @@ def test_example_cells_match_the_rows(report):
     by = {}
     for r in tasks:
         by.setdefault(r["task"].split(":")[0], []).append(r)
-    caption_high = (len(by["caption"]) + 1) // 2  # the upper half by CIDEr is green
-    right += min(N, caption_high)
-    wrong += min(N, len(by["caption"]) - caption_high)
+    caption_high = (len(by["caption"]) + 1) // 2  # captions are neither right nor wrong: neutral, by CIDEr half
+    neutral = min(N, caption_high) + min(N, len(by["caption"]) - caption_high)
     right += min(N, sum(r["read_as"] == r["label"] for r in by["pope"]))
     wrong += min(N, sum(r["read_as"] != r["label"] for r in by["pope"]))
     for kind in ("choice", "mystery"):
         right += min(N, sum(r["correct"] for r in by[kind]))
         wrong += min(N, sum(not r["correct"] for r in by[kind]))
-    assert html.count('<div class="example right">') == right == 8
-    assert html.count('<div class="example wrong">') == wrong == 7
+    assert html.count('<div class="example right">') == right == 6
+    assert html.count('<div class="example wrong">') == wrong == 6
+    assert html.count('<div class="example neutral">') == neutral == 3
     md = report["md"]
     assert md.count("| ✅ ") == right and md.count("| ❌ ") == wrong
-    # the best caption first among the green ones, the worst among the red
+    # the best caption first among the upper half, the worst among the lower
     assert "CIDEr 1.500" in html and "CIDEr 0.200" in html and "rotation 1" in html
 
 
@@ -360,7 +360,8 @@ def test_cli_register_and_run(report, tmp_path, monkeypatch, capsys):
     args.func(args)
     printed = capsys.readouterr().out.splitlines()
     assert printed == [str(out / "index.html"), str(out / "report.md"), str(out / "examples"), str(out / "figures")]
-    assert (out / "index.html").read_text().count('class="example right"') == 5  # one per grid
+    assert (out / "index.html").read_text().count('class="example right"') == 4  # one per judged grid
+    assert (out / "index.html").read_text().count('class="example neutral"') == 2  # a caption per CIDEr half
     args = parser.parse_args(["report", str(report["run"]), "--eval", str(tmp_path / "none.json")])
     with pytest.raises(DataError, match="none.json"):
         args.func(args)

@@ -69,7 +69,8 @@ def generic_example(row: dict) -> Example:
 
 
 def caption_groups(rows: list[dict]) -> list[tuple[str, list[tuple[dict, Example]]]]:
-    """A caption is not right or wrong: the half with the higher CIDEr is shown green, the other red."""
+    """A caption is not right or wrong: the examples are shown neutral, the half with the higher CIDEr
+    apart from the other, each with its score."""
     def cider(r: dict) -> float:
         return r["CIDEr"] if is_number(r.get("CIDEr")) else float("-inf")
 
@@ -81,7 +82,7 @@ def caption_groups(rows: list[dict]) -> list[tuple[str, list[tuple[dict, Example
         refs = " · ".join(map(_text, refs[:3])) + (" · ..." if len(refs) > 3 else "") if isinstance(refs, list) \
             else _text(refs)
         mark = f"CIDEr {raw(r['CIDEr'])}" if is_number(r.get("CIDEr")) else "CIDEr " + MISSING
-        return Example(high, mark, [("prediction", _text(r.get("prediction"))), ("references", refs)])
+        return Example(None, mark, [("prediction", _text(r.get("prediction"))), ("references", refs)])
 
     return [(f"higher CIDEr (upper half of {len(rows)})", [(r, example(r, True)) for r in ranked[:top]]),
             (f"lower CIDEr (lower half of {len(rows)})", [(r, example(r, False)) for r in ranked[top:]])]

@@ -23,6 +23,7 @@ figure { margin: 0.8em 0; } figure img { max-width: 100%; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(230px, 1fr)); gap: 10px; }
 .example { border: 2px solid; border-radius: 6px; padding: 8px; font-size: 13px; overflow-wrap: anywhere; }
 .example.right { border-color: #2e7d32; background: #f1f8f1; }
+.example.neutral { border-color: #78909c; background: #f5f7f8; }
 .example.wrong { border-color: #c62828; background: #fdf1f1; }
 .mark { font-weight: 700; } .right .mark { color: #2e7d32; } .wrong .mark { color: #c62828; }
 .thumb { height: 128px; display: flex; align-items: center; justify-content: center; margin-bottom: 6px; }
@@ -50,7 +51,7 @@ def render_table(t: Table) -> str:
 
 
 def render_example(ex: Example, page: Page) -> str:
-    kind = "right" if ex.correct else "wrong"
+    kind = {True: "right", False: "wrong", None: "neutral"}[ex.correct]
     if ex.image is not None:
         thumb = f'<div class="thumb"><img src="{data_uri(page.assets[ex.image])}" alt="example image"></div>'
     elif ex.image_note:
@@ -59,7 +60,8 @@ def render_example(ex: Example, page: Page) -> str:
         thumb = ""
     tag = f'<div class="tag">{escape(ex.tag)}</div>' if ex.tag else ""
     fields = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in ex.fields)
-    return (f'<div class="example {kind}">{thumb}<div class="mark">{"✓" if ex.correct else "✗"} '
+    sign = {True: "✓ ", False: "✗ ", None: ""}[ex.correct]
+    return (f'<div class="example {kind}">{thumb}<div class="mark">{sign}'
             f'{escape(ex.mark)}</div>{tag}<dl>{fields}</dl></div>\n')
 
 

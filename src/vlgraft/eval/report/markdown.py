@@ -30,7 +30,7 @@ def _cell(ex: Example) -> tuple[str, str, str]:
         image = f"![example image]({ex.image})"
     else:
         image = md_escape(ex.image_note) if ex.image_note else ""
-    mark = ("✅ " if ex.correct else "❌ ") + md_escape(ex.mark)
+    mark = {True: "✅ ", False: "❌ ", None: ""}[ex.correct] + md_escape(ex.mark)
     text = "<br>".join(f"**{md_escape(k)}**: {md_escape(v)}" for k, v in ex.fields)
     if ex.tag:
         text += f"<br>*{md_escape(ex.tag)}*"

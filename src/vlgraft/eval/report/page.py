@@ -33,7 +33,7 @@ class Figure:
 
 @dataclasses.dataclass
 class Example:
-    correct: bool  # green or red
+    correct: bool | None  # green or red; None: not right or wrong (a caption), shown neutral
     mark: str  # "right", "wrong", "CIDEr 0.812"
     fields: list[tuple[str, str]]  # (label, text): question, prediction, reference, ...
     tag: str = ""  # answer type, POPE setting, id
