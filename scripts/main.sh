@@ -7,7 +7,7 @@ bash scripts/setup.sh
 . .venv/bin/activate
 start=$(date +%s)
 vlgraft train recipes/default.yaml --overwrite "$@"
-vlgraft eval runs/default
+vlgraft eval runs/default --text  # also the text ability before and after training (docs/EVAL.md)
 image=$(python -c "import easy_vqa; print(easy_vqa.get_test_image_paths()[0])")
 echo "Q: What color is the shape? (image: $image)"
 vlgraft chat --image "$image" "What color is the shape?"
