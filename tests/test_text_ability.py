@@ -41,7 +41,7 @@ def _vlm(recipe):
 
 def test_bundled_text_set():
     ts = load_text_set()
-    assert 60 <= len(ts.ppl) <= 100 and 60 <= len(ts.qa) <= 100
+    assert 150 <= len(ts.ppl) <= 300 and 200 <= len(ts.qa) <= 400
     for it in ts.qa:  # echoing the question never scores
         assert not any(qa_correct(it["question"], [a]) for a in it["answers"]), it
 

@@ -14,28 +14,43 @@ Text-only inputs go through the same VLM forward as training, with no image: LoR
 LLaMA-Adapter prompts apply (a multimodal LLaMA-Adapter adds no image feature to its prompts).
 "Before" is the base LLM as the recipe builds it (same weights, dtype, chat template and system
 prompt, no method applied, no trained weight loaded); its result is cached per LLM, text set,
-precision and generation settings under ``<cache>/text_ability``.
+precision and generation settings under ``<cache>/text_ability``, with the per-item values the
+intervals need (each response's summed NLL and token count, each question's answer).
+
+Every figure comes with a 95% interval: QA accuracies with the Wilson score interval, perplexity by a
+percentile bootstrap over items (1,000 resamples, seed 0: the ppl items drawn with replacement,
+``exp(total NLL / total tokens)`` recomputed each time); the change before -> after by a *paired*
+bootstrap (the same resampled items for both): the ratio after/before for perplexity, the difference
+for QA accuracy. The paired intervals are the ones that say whether a model kept its language.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 from pathlib import Path
+from statistics import NormalDist
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
 from vlgraft.data.records import Record
 from vlgraft.errors import DataError
-from vlgraft.eval.vqa import heldout_nll, normalize
+from vlgraft.eval.vqa import normalize
 from vlgraft.files import iter_jsonl
-from vlgraft.inference import device_of, generate_answers
+from vlgraft.inference import autocast, device_of, generate_answers
 
 BUNDLED_TEXT_SET = Path(__file__).resolve().parent.parent / "data" / "bundled" / "text_eval.jsonl"
+CACHE_VERSION = 2  # 2: the cached "before" carries per-item NLL sums (``ppl_items``) for the intervals
+CI_LEVEL, CI_RESAMPLES, CI_SEED = 0.95, 1000, 0
+INTERVALS = {"level": CI_LEVEL, "qa": "Wilson score", "ppl": "percentile bootstrap over items",
+             "change": "paired percentile bootstrap over items", "resamples": CI_RESAMPLES, "seed": CI_SEED}
 
 
 @dataclasses.dataclass
@@ -99,11 +114,128 @@ def qa_correct(prediction: str, answers: list[str], exact: bool = False) -> bool
     return False
 
 
+@contextlib.contextmanager
+def _captured_logits(llm):
+    """Every output of ``llm.logits`` while inside, in call order (the labelled forward takes its loss on
+    exactly these)."""
+    seen: list[torch.Tensor] = []
+    inner = llm.logits
+
+    def logits(hidden):
+        out = inner(hidden)
+        seen.append(out)
+        return out
+
+    llm.logits = logits  # an instance attribute, shadowing the method until deleted
+    try:
+        yield seen
+    finally:
+        del llm.logits
+
+
+@torch.no_grad()
+def item_nll(vlm, records: list[Record], batch_size: int = 16, precision: str = "fp32",
+             max_length: int = 1024) -> tuple[float, int, list[list]]:
+    """Teacher-forced NLL over ``records`` (the held-out loss of VQA eval: tokenised and masked as in
+    training, batched by length): ``(total NLL, labelled tokens, [[NLL sum, tokens] per record])``.
+    One labelled forward per batch; the per-record sums are taken on the logits that forward's own
+    loss is computed from."""
+    from vlgraft.data.conversation import IGNORE
+    from vlgraft.data.dataset import ConversationDataset, collate
+
+    device = device_of(vlm)
+    ds = ConversationDataset(records, vlm, max_length, None, "conversation")
+    order = sorted(range(len(ds)), key=ds.num_tokens)
+    total, n, items = 0.0, 0, [[0.0, 0] for _ in records]
+    for s in range(0, len(order), batch_size):
+        rows = order[s: s + batch_size]
+        batch = collate([ds[i] for i in rows], vlm.llm.tokenizer.pad_token_id)
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with _captured_logits(vlm.llm) as seen, autocast(device, precision):
+            out = vlm(**batch)
+        target = batch["labels"][:, 1:]
+        sel = target != IGNORE
+        logits = torch.cat(seen) if seen else None
+        if logits is None or logits.shape[0] != out["n_tokens"] or int(sel.sum()) != out["n_tokens"]:
+            raise RuntimeError("per-item NLL: the labelled forward no longer takes its loss on one logits row per "
+                               "labelled token in order (vlgraft.eval.text.item_nll must follow VLM.forward)")
+        tok = F.cross_entropy(logits.float(), target[sel], reduction="none")
+        for i, part, k in zip(rows, tok.split(sel.sum(1).tolist()), sel.sum(1).tolist()):
+            items[i] = [float(part.sum()), int(k)]
+        total += float(out["loss_sum"])
+        n += out["n_tokens"]
+    return total / max(1, n), n, items
+
+
 def perplexity(vlm, records: list[Record], batch_size: int = 16, precision: str = "fp32",
                max_length: int = 1024) -> dict:
-    """Teacher-forced NLL per labelled response token over ``records`` (the held-out loss of VQA eval)."""
-    nll, n = heldout_nll(vlm, records, "conversation", max_length, None, batch_size, precision, device_of(vlm))
-    return {"ppl": math.exp(nll), "nll": nll, "tokens": n}
+    """Teacher-forced NLL per labelled response token over ``records`` (the held-out loss of VQA eval),
+    with the per-record ``[NLL sum, tokens]`` under ``ppl_items``."""
+    nll, n, items = item_nll(vlm, records, batch_size, precision, max_length)
+    return {"ppl": math.exp(nll), "nll": nll, "tokens": n, "ppl_items": items}
+
+
+# ---------------------------------------------------------------------------------------- intervals
+def wilson_interval(k: int, n: int, level: float = CI_LEVEL) -> list[float]:
+    """Wilson score interval ``[low, high]`` for ``k`` successes out of ``n``:
+    ``(p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)``, ``p = k/n``, ``z`` the normal quantile."""
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"wilson_interval: need 0 <= k <= n and n > 0, got k={k}, n={n}")
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    p, z2 = k / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return [0.0 if k == 0 else max(0.0, centre - half), 1.0 if k == n else min(1.0, centre + half)]
+
+
+def _resamples(n: int, resamples: int, seed: int) -> np.ndarray:
+    """``[resamples, n]`` item indices drawn with replacement (the same for the same ``n`` and seed)."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def _percentile(stats: np.ndarray, level: float) -> list[float]:
+    lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+    return [float(lo), float(hi)]
+
+
+def _ppl_of(items, idx: np.ndarray) -> np.ndarray:
+    a = np.asarray(items, dtype=np.float64).reshape(-1, 2)
+    return np.exp(a[idx, 0].sum(1) / np.maximum(a[idx, 1].sum(1), 1))
+
+
+def ppl_bootstrap(items: list, resamples: int = CI_RESAMPLES, seed: int = CI_SEED,
+                  level: float = CI_LEVEL) -> list[float]:
+    """Percentile bootstrap interval of ``exp(total NLL / total tokens)`` over ``items``
+    (``[NLL sum, tokens]`` per item), resampling items with replacement."""
+    return _percentile(_ppl_of(items, _resamples(len(items), resamples, seed)), level)
+
+
+def ppl_ratio_bootstrap(before: list, after: list, resamples: int = CI_RESAMPLES, seed: int = CI_SEED,
+                        level: float = CI_LEVEL) -> list[float]:
+    """Paired bootstrap interval of perplexity after / before: the same resampled items for both."""
+    if len(before) != len(after):
+        raise ValueError(f"paired bootstrap: {len(before)} items before, {len(after)} after")
+    idx = _resamples(len(before), resamples, seed)
+    return _percentile(_ppl_of(after, idx) / _ppl_of(before, idx), level)
+
+
+def diff_bootstrap(before: list, after: list, resamples: int = CI_RESAMPLES, seed: int = CI_SEED,
+                   level: float = CI_LEVEL) -> list[float]:
+    """Paired bootstrap interval of mean(after) - mean(before) (e.g. 0/1 correctness per question)."""
+    if len(before) != len(after):
+        raise ValueError(f"paired bootstrap: {len(before)} items before, {len(after)} after")
+    b, a = np.asarray(before, dtype=np.float64), np.asarray(after, dtype=np.float64)
+    idx = _resamples(len(b), resamples, seed)
+    return _percentile(a[idx].mean(1) - b[idx].mean(1), level)
+
+
+def _add_intervals(res: dict, correct: list[bool] | None, exact: list[bool] | None) -> None:
+    """``ppl_ci``, ``qa_ci``, ``qa_exact_ci`` on one side's result, from its per-item values."""
+    if res.get("ppl_items"):
+        res["ppl_ci"] = ppl_bootstrap(res["ppl_items"])
+    if correct:
+        res["qa_ci"] = wilson_interval(sum(correct), len(correct))
+        res["qa_exact_ci"] = wilson_interval(sum(exact), len(exact))
 
 
 def qa_predictions(vlm, items: list[dict], batch_size: int = 16, max_new_tokens: int = 16,
@@ -116,18 +248,29 @@ def qa_predictions(vlm, items: list[dict], batch_size: int = 16, max_new_tokens:
 
 def text_ability(vlm, text_set: TextSet | str | Path | None = None, batch_size: int = 16,
                  max_new_tokens: int = 16, precision: str = "fp32", max_length: int = 1024) -> dict:
-    """Perplexity and QA accuracy of ``vlm`` (a VLM; text-only inputs, no image) on ``text_set``."""
+    """Perplexity and QA accuracy of ``vlm`` (a VLM; text-only inputs, no image) on ``text_set``, with
+    their 95% intervals (``ppl_ci``, ``qa_ci``, ``qa_exact_ci``) and the per-item values they come from
+    (``ppl_items``: ``[NLL sum, tokens]`` per instruction; ``predictions``: the answers)."""
     ts = text_set if isinstance(text_set, TextSet) else load_text_set(text_set)
     vlm.eval()
     res: dict = {"n_ppl": len(ts.ppl), "n_qa": len(ts.qa)}
     if ts.ppl:
         res.update(perplexity(vlm, ts.ppl, batch_size, precision, max_length))
+    correct = exact = None
     if ts.qa:
         preds = qa_predictions(vlm, ts.qa, batch_size, max_new_tokens, precision)
-        res["qa_acc"] = sum(qa_correct(p, it["answers"]) for p, it in zip(preds, ts.qa)) / len(ts.qa)
-        res["qa_exact"] = sum(qa_correct(p, it["answers"], exact=True) for p, it in zip(preds, ts.qa)) / len(ts.qa)
+        correct, exact = _scores(preds, ts.qa)
+        res["qa_acc"] = sum(correct) / len(ts.qa)
+        res["qa_exact"] = sum(exact) / len(ts.qa)
         res["predictions"] = preds
+    _add_intervals(res, correct, exact)
     return res
+
+
+def _scores(preds: list[str], items: list[dict]) -> tuple[list[bool], list[bool]]:
+    """Per question: correct (answer contained), and exact."""
+    return ([qa_correct(p, it["answers"]) for p, it in zip(preds, items)],
+            [qa_correct(p, it["answers"], exact=True) for p, it in zip(preds, items)])
 
 
 def base_vlm(vlm, recipe):
@@ -150,8 +293,9 @@ def _weights_fingerprint(name: str) -> list:
 
 
 def _before_key(recipe, ts: TextSet, precision: str, device: torch.device, max_new_tokens: int, max_length: int) -> str:
-    key = {"llm": dataclasses.asdict(recipe.llm), "files": _weights_fingerprint(recipe.llm.name), "text_set": ts.sha1,
-           "precision": precision, "device": device.type, "max_new_tokens": max_new_tokens, "max_length": max_length}
+    key = {"version": CACHE_VERSION, "llm": dataclasses.asdict(recipe.llm),
+           "files": _weights_fingerprint(recipe.llm.name), "text_set": ts.sha1, "precision": precision,
+           "device": device.type, "max_new_tokens": max_new_tokens, "max_length": max_length}
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -171,6 +315,8 @@ def before_after(vlm, recipe, text_set: TextSet | str | Path | None = None, batc
     key = _before_key(recipe, ts, precision, device, max_new_tokens, recipe.data.max_length)
     cache = cache_root() / "text_ability" / f"{key}.json"
     before = read_json(cache) if use_cache and cache.is_file() else None
+    if before is not None and not _complete(before, ts):  # an older or partial entry: measure again
+        before = None
     if before is None:
         console.print(f"text ability: base LLM {recipe.llm.name} (before)")
         base = base_vlm(vlm, recipe)
@@ -186,26 +332,59 @@ def before_after(vlm, recipe, text_set: TextSet | str | Path | None = None, batc
         before["cached"] = True
     console.print("text ability: trained model (after)")
     after = text_ability(vlm, ts, **kw)
+    pb, pa = before.pop("predictions", []), after.pop("predictions", [])
+    (cb, eb), (ca, ea) = _scores(pb, ts.qa), _scores(pa, ts.qa)
+    _add_intervals(before, cb, eb)  # from the per-item values (a cached entry's too)
     rows = [{"id": it["id"], "question": it["question"], "answers": it["answers"], "before": b, "after": a,
-             "before_correct": qa_correct(b, it["answers"]), "after_correct": qa_correct(a, it["answers"])}
-            for it, b, a in zip(ts.qa, before.pop("predictions", []), after.pop("predictions", []))]
+             "before_correct": bc, "after_correct": ac}
+            for it, b, a, bc, ac in zip(ts.qa, pb, pa, cb, ca)]
     change = {k: after[k] - before[k] for k in ("ppl", "nll", "qa_acc", "qa_exact") if k in after and k in before}
+    ib, ia = before.pop("ppl_items", None), after.pop("ppl_items", None)
     if "ppl" in change:
         change["ppl_ratio"] = after["ppl"] / before["ppl"]
+        if ib and ia:
+            change["ppl_ratio_ci"] = ppl_ratio_bootstrap(ib, ia)
+    if "qa_acc" in change and cb and ca:
+        change["qa_diff"] = change["qa_acc"]
+        change["qa_diff_ci"] = diff_bootstrap(cb, ca)
+        change["qa_exact_diff"] = change["qa_exact"]
+        change["qa_exact_diff_ci"] = diff_bootstrap(eb, ea)
     return {"text_set": ts.path, "text_set_sha1": ts.sha1, "precision": precision, "before": before, "after": after,
-            "change": change, "predictions": rows}
+            "change": change, "intervals": dict(INTERVALS), "predictions": rows}
+
+
+def _complete(before: dict, ts: TextSet) -> bool:
+    """Whether a cached "before" has every per-item value the block needs for ``ts``."""
+    ok = not ts.ppl or (isinstance(before.get("ppl_items"), list) and len(before["ppl_items"]) == len(ts.ppl)
+                        and "ppl" in before)
+    return ok and (not ts.qa or (isinstance(before.get("predictions"), list)
+                                 and len(before["predictions"]) == len(ts.qa) and "qa_acc" in before))
+
+
+def _ci(v, fmt: str = "{:.3f}", scale: float = 1.0) -> str:
+    """`` [low, high]`` of an interval, or nothing when there is none."""
+    if not (isinstance(v, (list, tuple)) and len(v) == 2):
+        return ""
+    return " [" + ", ".join(fmt.format(scale * x) for x in v) + "]"
 
 
 def print_text_ability(block: dict, console: Console | None = None) -> None:
     console = console or Console()
     b, a, c = block["before"], block["after"], block["change"]
-    t = Table(title=f"text ability ({b['n_ppl']} instructions, {b['n_qa']} questions)")
+    t = Table(title=f"text ability ({b['n_ppl']} instructions, {b['n_qa']} questions)",
+              caption="95% intervals in brackets: Wilson (QA), bootstrap over items (perplexity), "
+                      "paired bootstrap (change)")
     for col in ("measure", "before", "after", "change"):
         t.add_column(col, justify="left" if col == "measure" else "right")
     if "ppl" in c:
-        t.add_row("perplexity per response token", f"{b['ppl']:.3f}", f"{a['ppl']:.3f}",
-                  f"{c['ppl']:+.3f} (x{c['ppl_ratio']:.3f})")
-    for k, label in (("qa_acc", "QA accuracy (contains)"), ("qa_exact", "QA exact first line")):
+        t.add_row("perplexity per response token", f"{b['ppl']:.3f}{_ci(b.get('ppl_ci'))}",
+                  f"{a['ppl']:.3f}{_ci(a.get('ppl_ci'))}",
+                  f"{c['ppl']:+.3f} (x{c['ppl_ratio']:.3f}{_ci(c.get('ppl_ratio_ci'))})")
+    for k, label, d in (("qa_acc", "QA accuracy (contains)", "qa_diff_ci"),
+                        ("qa_exact", "QA exact first line", "qa_exact_diff_ci")):
+        ci = "qa_ci" if k == "qa_acc" else "qa_exact_ci"
         if k in c:
-            t.add_row(label, f"{100 * b[k]:.1f}%", f"{100 * a[k]:.1f}%", f"{100 * c[k]:+.1f} pts")
+            t.add_row(label, f"{100 * b[k]:.1f}%{_ci(b.get(ci), '{:.1f}', 100)}",
+                      f"{100 * a[k]:.1f}%{_ci(a.get(ci), '{:.1f}', 100)}",
+                      f"{100 * c[k]:+.1f} pts{_ci(c.get(d), '{:+.1f}', 100)}")
     console.print(t)

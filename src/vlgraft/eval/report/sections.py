@@ -12,7 +12,7 @@ from vlgraft.eval.report.page import Figure, Page, Section, Table
 NON_VQA_KEYS = {"tasks", "text_ability"}
 VQA_KEYS = {"data", "n", "accuracy", "f1", "vqa_accuracy", "by_type", "seconds", "questions_per_s", "precision",
             "turns", "describe_first", "val_loss", "val_loss_records"}
-TEXT_KEYS = {"text_set", "text_set_sha1", "precision", "before", "after", "change"}
+TEXT_KEYS = {"text_set", "text_set_sha1", "precision", "before", "after", "change", "intervals"}
 
 
 def extras(block: dict, known: set[str]) -> Table | None:
@@ -123,17 +123,25 @@ def text_section(block: dict, rows: list[dict], n_rows: int) -> Section:
     s.notes.append(f"Text set {block.get('text_set', MISSING)}: {count(b.get('n_ppl'))} instructions, "
                    f"{count(b.get('n_qa'))} questions; precision {block.get('precision', MISSING)}"
                    + ("; the before figures come from the cache." if b.get("cached") else "."))
+    def interval(ci, scale: float = 1.0) -> str:  # the 95% interval eval/text.py gives beside a figure
+        ok = isinstance(ci, list) and len(ci) == 2 and all(is_number(v) for v in ci)
+        return f" [{scale * ci[0]:.2f}, {scale * ci[1]:.2f}]" if ok else ""
+
     table = []
     if "ppl" in b or "ppl" in a:
-        ratio = f" (x{raw(c['ppl_ratio'])})" if "ppl_ratio" in c else ""
-        table.append(["perplexity per response token", raw(b.get("ppl")), raw(a.get("ppl")),
+        ratio = f" (x{raw(c['ppl_ratio'])}{interval(c.get('ppl_ratio_ci'))})" if "ppl_ratio" in c else ""
+        table.append(["perplexity per response token", raw(b.get("ppl")) + interval(b.get("ppl_ci")),
+                      raw(a.get("ppl")) + interval(a.get("ppl_ci")),
                       (f"{c['ppl']:+.3f}" if is_number(c.get("ppl")) else MISSING) + ratio])
-    for key, label in (("qa_acc", "QA accuracy, contains (%)"), ("qa_exact", "QA exact first line (%)")):
+    for key, label, diff in (("qa_acc", "QA accuracy, contains (%)", "qa_diff_ci"),
+                             ("qa_exact", "QA exact first line (%)", "qa_exact_diff_ci")):
         if key in b or key in a:
-            table.append([label, pct(b.get(key)), pct(a.get(key)),
-                          f"{100 * c[key]:+.2f} pts" if is_number(c.get(key)) else MISSING])
+            table.append([label, pct(b.get(key)) + interval(b.get(f"{key}_ci"), 100),
+                          pct(a.get(key)) + interval(a.get(f"{key}_ci"), 100),
+                          (f"{100 * c[key]:+.2f} pts" if is_number(c.get(key)) else MISSING)
+                          + interval(c.get(diff), 100)])
     if table:
-        s.tables.append(Table(["measure", "before", "after", "change"], table))
+        s.tables.append(Table(["measure", "before", "after", "change (95% interval)"], table))
     if (t := extras(block, TEXT_KEYS)) is not None:
         s.tables.append(t)
     if rows and n_rows:
