@@ -19,13 +19,17 @@ QA = [("What is 2 + 3?", ["5", "five"]), ("Capital of France?", ["paris"]), ("Op
       ("Plural of mouse?", ["mice"]), ("Day after Monday?", ["tuesday"])]
 
 
+def write_text_set(path, ppl, qa):
+    """A text set file of ``ppl`` (instruction, response) and ``qa`` (question, accepted answers) items."""
+    lines = [{"id": f"p{i}", "kind": "ppl", "instruction": a, "response": b} for i, (a, b) in enumerate(ppl)]
+    lines += [{"id": f"q{i}", "kind": "qa", "question": q, "answers": a} for i, (q, a) in enumerate(qa)]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
 @pytest.fixture
 def text_set(tmp_path):
-    p = tmp_path / "text.jsonl"
-    lines = [{"id": f"p{i}", "kind": "ppl", "instruction": a, "response": b} for i, (a, b) in enumerate(PPL)]
-    lines += [{"id": f"q{i}", "kind": "qa", "question": q, "answers": a} for i, (q, a) in enumerate(QA)]
-    p.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return p
+    return write_text_set(tmp_path / "text.jsonl", PPL, QA)
 
 
 @pytest.fixture(autouse=True)

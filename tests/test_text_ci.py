@@ -9,6 +9,7 @@ import random
 import pytest
 from rich.console import Console
 
+from tests.test_text_ability import _vlm, write_text_set
 from vlgraft.eval.text import (
     diff_bootstrap,
     item_nll,
@@ -107,28 +108,15 @@ def test_diff_bootstrap():
 # ----------------------------------------------------------------------------- with a (tiny) model
 @pytest.fixture
 def text_set(tmp_path):
-    p = tmp_path / "text.jsonl"
     ppl = [("Name a fruit.", "An apple."), ("Say hello.", "Hello there!"), ("Count to three.", "One, two, three."),
            ("What is rain?", "Water falling from clouds, usually from grey ones.")]
     qa = [("What is 2 + 3?", ["5", "five"]), ("Capital of France?", ["paris"]), ("Opposite of hot?", ["cold"])]
-    lines = [{"id": f"p{i}", "kind": "ppl", "instruction": a, "response": b} for i, (a, b) in enumerate(ppl)]
-    lines += [{"id": f"q{i}", "kind": "qa", "question": q, "answers": a} for i, (q, a) in enumerate(qa)]
-    p.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return p
+    return write_text_set(tmp_path / "text.jsonl", ppl, qa)
 
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("VLGRAFT_CACHE", str(tmp_path / "cache"))
-
-
-def _vlm(recipe):
-    from vlgraft.models.vlm import VLM
-    from vlgraft.training.optim import resolve_groups
-
-    vlm = VLM.from_recipe(recipe, "test")
-    resolve_groups(vlm, recipe.trainable)
-    return vlm.eval()
 
 
 def test_item_nll_sums_to_the_total_whatever_the_batching(tiny_recipe, text_set):
