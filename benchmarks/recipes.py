@@ -119,7 +119,7 @@ def run_stage(name: str, spec: dict, work: Path, steps: int | None, curated: dic
     for (key, out, _), wall in zip(evals, job["eval_wall_s"]):
         if key == "text":
             ta = json.loads(out.read_text())["text_ability"]
-            res["text"] = {k: {m: ta[k][m] for m in ("ppl", "qa_acc")} for k in ("before", "after")}
+            res["text"] = {k: ta[k] for k in ("before", "after", "change")}
         else:
             res["evals"][key] = {**eval_summary(out), "wall_s": wall}
     if spec.get("describe"):  # one free description of a test emoji, as a user would ask
@@ -173,13 +173,14 @@ def main() -> None:
 
 
 def print_results(results: dict) -> None:
+    from vlgraft.eval.text import text_cells
+
     print("\n| stage | steps | trainable params | train s | loss first → last | eval | exact match | token F1 "
-          "| held-out loss | text ppl before → after | text QA before → after |")
+          "| held-out loss | text ppl before → after [95% CI] | text QA before → after [95% CI] |")
     print("|---|---:|---:|---:|---|---|---:|---:|---:|---|---|")
     for name, r in results.items():
         t = r.get("text")
-        ppl = f"{t['before']['ppl']:.2f} → {t['after']['ppl']:.2f}" if t else ""
-        qa = f"{100 * t['before']['qa_acc']:.1f}% → {100 * t['after']['qa_acc']:.1f}%" if t else ""
+        ppl, qa = text_cells(t) if t else ("", "")
         for k, (data, ev) in enumerate(r["evals"].items()):
             vl = f"{ev['val_loss']:.3f}" if ev.get("val_loss") is not None else ""
             head = [name, str(r["steps"]), f"{r['trainable_params']:,}", f"{r['train_wall_s']:.0f}",

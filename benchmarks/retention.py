@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -41,6 +42,12 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "lavin": ("recipes/lavin.yaml", [], "MMA: text-only inputs routed by their modality token"),
     "llama_adapter_v2": ("recipes/llama_adapter_v2.yaml", [], "joint training with disjoint parameter groups"),
     "git_llm": ("recipes/git_llm.yaml", [], "GIT projection + LoRA on q, k, v (no regulariser)"),
+    "llama_adapter_v1": ("recipes/llama_adapter_v1.yaml", [], "adaption prompts with zero-init gates, on every input"),
+    "llava_stage2": ("recipes/llava_stage2.yaml", ["init_from=null"],
+                     "MLP projection + LoRA on every projection (emoji QA + easy-VQA; no stage 1 here)"),
+    "mini_gemini": ("recipes/mini_gemini.yaml", [], "patch mining over a 448-pixel tower + LoRA on attention"),
+    "minigpt4_stage1": ("recipes/minigpt4_stage1.yaml", [],
+                        "projection only, on captions (no LLM-side weight; easy-VQA is not its task)"),
 }
 
 
@@ -54,7 +61,7 @@ def distilled(work: Path, n: int) -> dict:
                        log=work / "curate-text.log")["wall_s"]
     rep = json.loads(report.read_text())
     return {"command": f"vlgraft curate-text --out {out} --n {n} --recipe recipes/default.yaml", "wall_s": wall,
-            "report": {k: v for k, v in rep.items() if k != "examples"}}
+            "report": {k: v for k, v in rep.items() if k not in ("dropped_examples", "settings")}}
 
 
 def run_variant(name: str, recipe: str, overrides: list[str], work: Path, steps: int, limit: int) -> dict:
@@ -62,8 +69,7 @@ def run_variant(name: str, recipe: str, overrides: list[str], work: Path, steps:
     from vlgraft.files import write_text_atomic
     from vlgraft.runner import train_and_evaluate, training_figures
 
-    run = work / name.split(",")[0].replace(" ", "_").replace("+", "").replace(":", "").replace("(", "").replace(
-        ")", "").replace("__", "_")
+    run = work / re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")  # "default + text mix 10:1": default_text_mix_10_1
     o = [*overrides, f"train.max_steps={steps}", "train.batch_size=8", f"train.output_dir={run}",
          "train.save_every=null", "train.log_every=10"]
     recipe_file = work / f"{run.name}.recipe.yaml"
@@ -81,22 +87,21 @@ def run_variant(name: str, recipe: str, overrides: list[str], work: Path, steps:
             "by_type": {k: v["accuracy"] for k, v in ev["by_type"].items()}, "text_ability": ta}
 
 
-def _ci(block: dict, key: str) -> str:
-    ci = block.get(f"{key}_ci")
-    return f" [{ci[0]:.2f}, {ci[1]:.2f}]" if key == "ppl" and ci else (
-        f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
-
-
 def print_table(results: dict) -> None:
-    print("\n| variant | what it tries | easy-VQA | text ppl before → after | after / before | text QA before → after "
-          "| QA retained | train s |")
+    from vlgraft.eval.text import text_cells
+
+    print("\n| variant | what it tries | easy-VQA | text ppl before → after [95% CI] | after / before [95% CI] "
+          "| text QA before → after [95% CI] | QA retained | train s |")
     print("|---|---|---:|---|---:|---|---:|---:|")
     for name, r in results.items():
-        b, a = r["text_ability"]["before"], r["text_ability"]["after"]
-        ratio = a["ppl"] / b["ppl"]
+        t = r["text_ability"]
+        b, a, c = t["before"], t["after"], t["change"]
+        ratio = c.get("ppl_ratio", a["ppl"] / b["ppl"])
+        rci = c.get("ppl_ratio_ci")
+        ratio_cell = f"{ratio:.3f}" + (f" [{rci[0]:.3f}, {rci[1]:.3f}]" if rci else "")
         kept = a["qa_acc"] / b["qa_acc"] if b["qa_acc"] else float("nan")
-        print(f"| {name} | {VARIANTS[name][2]} | {100 * r['accuracy']:.2f}% | {b['ppl']:.2f} → {a['ppl']:.2f}"
-              f"{_ci(a, 'ppl')} | {ratio:.3f} | {100 * b['qa_acc']:.1f}% → {100 * a['qa_acc']:.1f}%{_ci(a, 'qa')} | "
+        ppl, qa = text_cells(t)
+        print(f"| {name} | {VARIANTS[name][2]} | {100 * r['accuracy']:.2f}% | {ppl} | {ratio_cell} | {qa} | "
               f"{100 * kept:.0f}% | {r['train_wall_s']:.0f} |")
 
 
@@ -106,13 +111,15 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for name, r in results.items():
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 5.5))
+    # 11+ variants, several close together: numbered points and a legend, so no name overprints another
+    colours = plt.get_cmap("tab20").colors
+    for i, (name, r) in enumerate(results.items()):
         b, a = r["text_ability"]["before"], r["text_ability"]["after"]
         qa_kept, ppl_ratio, acc = a["qa_acc"] / max(b["qa_acc"], 1e-9), a["ppl"] / b["ppl"], 100 * r["accuracy"]
         for ax, x in ((ax1, 100 * qa_kept), (ax2, ppl_ratio)):
-            ax.scatter([x], [acc], s=40)
-            ax.annotate(name, (x, acc), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            ax.scatter([x], [acc], s=40, color=colours[i % 20], label=f"{i + 1}. {name}" if ax is ax1 else None)
+            ax.annotate(str(i + 1), (x, acc), fontsize=7, xytext=(4, 3), textcoords="offset points")
     ax1.set_xlabel("text QA kept (after / before, %)")
     ax2.set_xlabel("text perplexity after / before (1 = kept; log scale)")
     ax2.set_xscale("log")
@@ -120,7 +127,8 @@ def plot(results: dict, path: Path) -> None:
         ax.set_ylabel("easy-VQA accuracy (%)")
         ax.grid(alpha=0.3)
     fig.suptitle("task accuracy against text retention (same budget, same measures)")
-    fig.tight_layout()
+    fig.legend(loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=120)
 
 

@@ -242,6 +242,26 @@ def test_report_counts_reasons_and_dedup(tiny_data, tmp_path):
     assert json.loads(report_path(out).read_text()) == rep and not progress_path(out).exists()
 
 
+def test_outputs_holding_a_text_eval_item_are_dropped(tiny_data, tmp_path):
+    """A conversation that also asks an item of the bundled text evaluation set (reworded) is dropped
+    as eval_overlap, naming the item; the other kinds are kept."""
+    from vlgraft.eval.text import load_text_set
+
+    item = next(q for q in load_text_set().qa if q["question"] == "What is the capital of France?")
+
+    def leaky(msgs):
+        text = good_script(msgs)
+        return text + "\nQ: what's the capital of france?\nA: Paris." if _kind(msgs) == "conversation" else text
+
+    out = tmp_path / "o.jsonl"
+    rep = curate(_cfg(tiny_data, out, pool_update=0.0), Fake(leaky), show_progress=False)
+    conv = rep["kinds"]["conversation"]
+    assert conv["kept"] == 0 and conv["dropped"] == {"eval_overlap": 12}, conv
+    assert f"{item['id']}:question" in rep["dropped_examples"]["eval_overlap"][0]["detail"]
+    assert rep["kinds"]["detail"]["kept"] == 4  # one per colour, the rest duplicates
+    assert "france" not in out.read_text().lower()
+
+
 def test_output_loads_back_in_canonical_form(tiny_data, tmp_path):
     out = tmp_path / "o.jsonl"
     curate(_cfg(tiny_data, out), Fake(), show_progress=False)

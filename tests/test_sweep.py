@@ -131,13 +131,16 @@ def test_table_with_text_ability_and_failures(tmp_path, base):
     s = load_sweep(_sweep(tmp_path, base, variants={"a": {}, "b": {}, "c": {}}))
     ok = {"status": "ok", "overrides": [], "trainable_params": 1234, "samples_per_s": 2.0, "final_train_loss": 0.5,
           "val_loss": None, "accuracy": 0.75, "by_type": {"color": 0.5, "shape": 1.0},
-          "text_ability": {"before": {"ppl": 10.0, "qa_acc": 0.5}, "after": {"ppl": 12.5, "qa_acc": 0.25},
+          "text_ability": {"before": {"ppl": 10.0, "qa_acc": 0.5},
+                           "after": {"ppl": 12.5, "qa_acc": 0.25, "ppl_ci": [11.04, 14.2], "qa_ci": [0.1, 0.5]},
                            "change": {"ppl": 2.5, "qa_acc": -0.25}}}
     res = [{"name": "a", **ok},
            {"name": "b", "status": "failed", "overrides": ["x=1"], "error": "vlgraft: error: boom"},
            {"name": "c", "status": "not run", "overrides": []}]
     md = markdown(s, res).splitlines()
     head = next(line for line in md if line.startswith("| variant"))
-    assert head.split(" | ")[-4:] == ["color", "shape", "text ppl (change)", "text QA (change) |"]
-    assert "| a | ok | 1,234 | 2.00 | 0.5000 | - | 75.00% | 50.0% | 100.0% | 12.50 (+2.50) | 25.0% (-25.0) |" in md
+    assert head.split(" | ")[-4:] == ["color", "shape", "text ppl before → after [95% CI]",
+                                      "text QA before → after [95% CI] |"]
+    assert ("| a | ok | 1,234 | 2.00 | 0.5000 | - | 75.00% | 50.0% | 100.0% | 10.00 → 12.50 [11.04, 14.20] | "
+            "50.0% → 25.0% [10.0, 50.0] |") in md
     assert "| b | failed | - |" in "\n".join(md) and "- b: vlgraft: error: boom" in md

@@ -12,8 +12,8 @@ from rich.console import Console
 from tests.test_text_ability import _vlm, write_text_set
 from vlgraft.eval.text import (
     diff_bootstrap,
-    item_nll,
     load_text_set,
+    perplexity,
     ppl_bootstrap,
     ppl_ratio_bootstrap,
     print_text_ability,
@@ -119,17 +119,17 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("VLGRAFT_CACHE", str(tmp_path / "cache"))
 
 
-def test_item_nll_sums_to_the_total_whatever_the_batching(tiny_recipe, text_set):
+def test_per_record_nll_sums_to_the_total_whatever_the_batching(tiny_recipe, text_set):
     ts = load_text_set(text_set)
     vlm = _vlm(tiny_recipe())
-    nll, n, items = item_nll(vlm, ts.ppl, batch_size=3)
+    res = perplexity(vlm, ts.ppl, batch_size=3)
+    items, n = res["ppl_items"], res["tokens"]
     assert n == sum(t for _, t in items) and all(t > 0 for _, t in items)
-    assert sum(s for s, _ in items) / n == pytest.approx(nll, rel=1e-5)
+    assert sum(s for s, _ in items) / n == pytest.approx(res["nll"], rel=1e-5)
     for b in (1, 4):  # each record's own sum does not depend on its batch mates or the padding
-        other = item_nll(vlm, ts.ppl, batch_size=b)[2]
+        other = perplexity(vlm, ts.ppl, batch_size=b)["ppl_items"]
         assert [t for _, t in other] == [t for _, t in items]
         assert [s for s, _ in other] == pytest.approx([s for s, _ in items], rel=1e-5)
-    assert "logits" not in vars(vlm.llm)  # the capture is undone
 
 
 def test_block_has_intervals_and_old_cache_entries_are_measured_again(tiny_recipe, text_set, tmp_path, capsys):

@@ -93,12 +93,14 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from vlgraft.eval.run import run_eval
+    from vlgraft.config import load_recipe
+    from vlgraft.eval.run import check_eval_inputs, run_eval
     from vlgraft.training.checkpoint import find_checkpoint, load_vlm
 
     overrides = overrides_of(args, EVAL_FLAGS, EVAL_SWITCHES)
     ckpt = find_checkpoint(args.run)
     out = Path(args.out) if args.out else ckpt.parent / "eval.json" if ckpt.name == "final" else ckpt / "eval.json"
+    check_eval_inputs(load_recipe(ckpt / "recipe.yaml", overrides, saved=True), out)  # before the model loads
     vlm, recipe, _ = load_vlm(ckpt, _device(args), overrides)
     run_eval(vlm, recipe, out)
 
@@ -142,6 +144,7 @@ def cmd_export(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from vlgraft.curate.cli import register as register_curate
+    from vlgraft.curate.text_cli import register_text as register_curate_text
     from vlgraft.eval.report.cli import register as register_report
     from vlgraft.serve.cli import register as register_serve
     from vlgraft.sweep import register as register_sweep
@@ -191,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_serve(sub)
     register_sweep(sub)
     register_curate(sub)
+    register_curate_text(sub)
     return p
 
 

@@ -37,6 +37,7 @@ import typing
 from pathlib import Path
 
 from vlgraft.errors import ConfigError, VlgraftError
+from vlgraft.eval.text import text_cells
 from vlgraft.files import read_json, write_json, write_text_atomic
 from vlgraft.options import load, option, to_dict
 from vlgraft.runner import eval_figures, train_and_evaluate, training_figures
@@ -259,7 +260,7 @@ def table_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     types = sorted({k for r in results for k in r.get("by_type", {})})
     text = any("text_ability" in r for r in results)
     head = ["variant", "status", "trainable params", "samples/s", "final train loss", "held-out loss", "accuracy",
-            *types, *(["text ppl (change)", "text QA (change)"] if text else [])]
+            *types, *(["text ppl before → after [95% CI]", "text QA before → after [95% CI]"] if text else [])]
     rows = []
     for r in results:
         ok = r.get("status") == "ok"
@@ -271,8 +272,7 @@ def table_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
                *(f"{r['by_type'][t]:.1%}" if ok and t in r["by_type"] else "-" for t in types)]
         if text:
             t = r.get("text_ability")
-            row += ([f"{t['after']['ppl']:.2f} ({t['change']['ppl']:+.2f})",
-                     f"{t['after']['qa_acc']:.1%} ({100 * t['change']['qa_acc']:+.1f})"] if t else ["-", "-"])
+            row += list(text_cells(t)) if t else ["-", "-"]
         rows.append(row)
     return head, rows
 

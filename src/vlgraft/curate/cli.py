@@ -21,18 +21,22 @@ class GeneratorOptions:
 
 
 def cmd_curate(args) -> None:
-    from vlgraft.curate.generators import LocalGenerator, OpenAIGenerator
     from vlgraft.curate.pipeline import CurateConfig, curate, print_report
 
-    g = from_arguments(GeneratorOptions, args)
     cfg = from_arguments(CurateConfig, args, spec=args.data, out=args.out)
+    print_report(curate(cfg, make_generator(args)))
+
+
+def make_generator(args):
+    """The writer model the generator options name (``curate`` and ``curate-text`` share them)."""
+    from vlgraft.curate.generators import LocalGenerator, OpenAIGenerator
+
+    g = from_arguments(GeneratorOptions, args)
     if g.generator == "openai":
         if not g.model:
             raise VlgraftError("--generator openai needs --model (the endpoint's model name)")
-        gen = OpenAIGenerator.from_env(g.model, g.base_url, g.api_key_env, timeout=g.timeout)
-    else:
-        gen = LocalGenerator(g.model or "smollm2-135m-instruct", device=g.device)
-    print_report(curate(cfg, gen))
+        return OpenAIGenerator.from_env(g.model, g.base_url, g.api_key_env, timeout=g.timeout)
+    return LocalGenerator(g.model or "smollm2-135m-instruct", device=g.device)
 
 
 def register(sub) -> None:

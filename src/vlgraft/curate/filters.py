@@ -29,7 +29,8 @@ MIN_PAIRS = {"conversation": 2, "reasoning": 1}
 MAX_REPEAT = 0.15  # fraction of word 3-grams that repeat an earlier one (the seeds: at most 0.03)
 MAX_COPY = 0.7  # fraction of an output's 3-grams found in one few-shot example
 REASONS = ("unparseable", "length", "repetition", "mentions_source", "copies_example", "missing_key_term",
-           "off_topic", "contradicts_annotation", "negates_annotation", "answer_disagrees", "duplicate")  # in order
+           "off_topic", "contradicts_annotation", "negates_annotation", "answer_disagrees", "eval_overlap",
+           "duplicate")  # in order
 
 _Q = re.compile(r"^\s*(?:\*\*)?(?:Q|Question|User|Human)\s*\d*(?:\*\*)?\s*[:：]\s*", re.I)
 _A = re.compile(r"^(?:\s*(?:\*\*)?(?:A|Answer|Assistant|GPT)\s*\d*(?:\*\*)?\s*[:：]\s*)+", re.I)

@@ -27,6 +27,7 @@ from vlgraft.curate.seeds import DETAIL_INSTRUCTIONS, KINDS, SEEDS, Example, See
 from vlgraft.data.records import IMAGE_PLACEHOLDER, Record
 from vlgraft.data.sources import load_records
 from vlgraft.errors import VlgraftError
+from vlgraft.eval.text import load_text_set
 from vlgraft.files import write_json
 from vlgraft.options import option
 
@@ -49,6 +50,8 @@ class CurateConfig:
     batch_size: int = option(8, "source records per generator call", min=1)
     pool_update: float = option(0.25, "probability that a kept output replaces the oldest few-shot example of its "
                                 "kind", min=0, max=1)
+    text_set: str | None = option(None, "text evaluation set kept out of the output (default: the bundled one): an "
+                                  "output with a question or answer that is, or nearly is, one of its items is dropped")
     overwrite: bool = option(False, "start over, replacing an existing output")
 
 
@@ -92,8 +95,9 @@ def _image_ref(image: str, out: Path) -> str:
     return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
 
 
-def _read_progress(out: Path, prog: Path, settings: dict) -> list[dict]:
-    """Batch lines of an unfinished run (settings checked); a torn last line is cut off."""
+def read_progress(out: Path, prog: Path, settings: dict, command: str = "curate") -> list[dict]:
+    """Batch lines of an unfinished ``command`` run (settings checked); a torn last line is cut off.
+    Shared by ``vlgraft curate`` and ``vlgraft curate-text``, whose progress files have the same layout."""
     good, size = [], 0
     with prog.open("rb") as f:
         for raw in f:
@@ -103,7 +107,7 @@ def _read_progress(out: Path, prog: Path, settings: dict) -> list[dict]:
                 break
             size += len(raw)
     if not good or "settings" not in good[0]:
-        raise VlgraftError(f"{prog} is not a curate progress file; pass --overwrite to start over")
+        raise VlgraftError(f"{prog} is not a {command} progress file; pass --overwrite to start over")
     for k, v in settings.items():
         old = good[0]["settings"].get(k)
         if old != v:
@@ -116,6 +120,19 @@ def _read_progress(out: Path, prog: Path, settings: dict) -> list[dict]:
     return good[1:]
 
 
+def append_batch(fo, fp, line: dict, recs: list[dict], t0: float) -> None:
+    """Records first, then the progress line that points past them, each synced: a run cut off between
+    the two resumes from the last progress line and cuts the output back to its offset."""
+    fo.write(b"".join(json.dumps(r).encode() + b"\n" for r in recs))
+    fo.flush()
+    os.fsync(fo.fileno())
+    line["offset"] = fo.tell()
+    line["seconds"] = round(time.time() - t0, 3)
+    fp.write(json.dumps(line) + "\n")
+    fp.flush()
+    os.fsync(fp.fileno())
+
+
 def curate(cfg: CurateConfig, generator: Generator, records: list[Record] | None = None,
            show_progress: bool = True) -> dict:
     """Run (or resume) a curate job; returns the report (also written next to the output)."""
@@ -126,16 +143,18 @@ def curate(cfg: CurateConfig, generator: Generator, records: list[Record] | None
     prog, rep = progress_path(out), report_path(out)
     if out.suffix != ".jsonl":
         raise VlgraftError(f"--out must be a .jsonl file, not {out}")
+    text_set = load_text_set(cfg.text_set)
+    eval_index = text_set.near_duplicate_index()
     settings = {"spec": cfg.spec, "limit": cfg.limit, "image_root": cfg.image_root, "kinds": list(kinds),
                 "generator": generator.name, "refine": cfg.refine, "max_new_tokens": cfg.max_new_tokens,
                 "temperature": cfg.temperature, "seed": cfg.seed, "batch_size": cfg.batch_size,
-                "pool_update": cfg.pool_update}
+                "pool_update": cfg.pool_update, "text_set_sha1": text_set.sha1}
     if cfg.overwrite:
         for p in (out, prog, rep):
             p.unlink(missing_ok=True)
     if not prog.is_file() and out.exists():
         raise VlgraftError(f"{out} exists (a finished curate run, see {rep.name}); pass --overwrite to replace it")
-    lines = _read_progress(out, prog, settings) if prog.is_file() else None
+    lines = read_progress(out, prog, settings) if prog.is_file() else None
     if records is None:
         records = load_records(cfg.spec, cfg.image_root, cfg.limit)
     anns = {r.id: extract(r) for r in records}
@@ -168,15 +187,9 @@ def curate(cfg: CurateConfig, generator: Generator, records: list[Record] | None
         for s in range(0, len(todo), cfg.batch_size):
             batch = todo[s:s + cfg.batch_size]
             t0 = time.time()
-            line, recs = _batch(batch, kinds, anns, vocab, pools, dedup, generator, cfg, out, dropped_seen)
-            fo.write(b"".join(json.dumps(r).encode() + b"\n" for r in recs))
-            fo.flush()
-            os.fsync(fo.fileno())
-            line["offset"] = fo.tell()
-            line["seconds"] = round(time.time() - t0, 3)
-            fp.write(json.dumps(line) + "\n")
-            fp.flush()
-            os.fsync(fp.fileno())
+            line, recs = _batch(batch, kinds, anns, vocab, pools, dedup, eval_index, generator, cfg, out,
+                                dropped_seen)
+            append_batch(fo, fp, line, recs, t0)
             lines.append(line)
             bar.update(len(batch))
     bar.close()
@@ -186,7 +199,8 @@ def curate(cfg: CurateConfig, generator: Generator, records: list[Record] | None
     return report
 
 
-def _batch(batch, kinds, anns, vocab, pools, dedup, generator, cfg, out, dropped_seen) -> tuple[dict, list[dict]]:
+def _batch(batch, kinds, anns, vocab, pools, dedup, eval_index, generator, cfg, out,
+           dropped_seen) -> tuple[dict, list[dict]]:
     outcomes: dict[str, dict | str] = {}
     jobs: list[_Job] = []
     for _, r in batch:
@@ -221,6 +235,8 @@ def _batch(batch, kinds, anns, vocab, pools, dedup, generator, cfg, out, dropped
     recs, keys, dropped, pooled = [], [], [], {}
     for j in jobs:
         if j.reason is None:
+            j.reason, j.detail = eval_overlap(j.pairs, eval_index)
+        if j.reason is None:
             ks = dedup.add(j.kind, joined(j.pairs))
             if ks is not None:
                 keys += ks
@@ -246,6 +262,16 @@ def _batch(batch, kinds, anns, vocab, pools, dedup, generator, cfg, out, dropped
     if pooled:
         line["pools"] = pooled
     return line, recs
+
+
+def eval_overlap(pairs: list[tuple[str, str]], eval_index) -> tuple[str | None, str]:
+    """("eval_overlap", which item) if a question or answer of ``pairs`` is, or nearly is, an item of the
+    text evaluation set (``vlgraft.data.dedup`` rules), else (None, "")."""
+    for text in (t for pair in pairs for t in pair if t):
+        m = eval_index.find(text)
+        if m is not None:
+            return "eval_overlap", m.describe()
+    return None, ""
 
 
 def _report(cfg, settings, generator, records, lines, pools, kinds, out) -> dict:

@@ -36,24 +36,10 @@ def reply_example(vlm, rec: Record, cache=None) -> dict:
 
 @torch.no_grad()
 def _batch_logprobs(vlm, batch: dict) -> list[tuple[float, bool, int]]:
-    """(summed log-probability, greedy, labelled tokens) per sample; the LM head runs only at the
-    labelled positions (as ``VLM.forward`` computes its loss)."""
-    x = vlm.prepare(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"),
-                    batch.get("image_features"), labels=batch["labels"], image_counts=batch["image_counts"])
-    with vlm.method_context(x["context"]):
-        hidden = vlm.llm.hidden_states(x["embeds"], x["attention_mask"], x["position_ids"])
-        target = x["labels"][:, 1:]
-        sel = target != -100
-        logits = vlm.llm.logits(hidden[:, :-1][sel]).float()  # [n_labelled, V]
-    tgt = target[sel]
-    logp = torch.log_softmax(logits, -1).gather(1, tgt[:, None])[:, 0]
-    hit = logits.argmax(-1) == tgt
-    rows = sel.nonzero()[:, 0]
-    b = sel.shape[0]
-    sums = torch.zeros(b, dtype=torch.float64, device=logp.device).index_add_(0, rows, logp.double())
-    misses = torch.zeros(b, dtype=torch.long, device=logp.device).index_add_(0, rows, (~hit).long())
-    counts = sel.sum(1)
-    return [(s + 0.0, int(m) == 0, int(c)) for s, m, c in zip(sums.tolist(), misses.tolist(), counts.tolist())]
+    """(summed log-probability, greedy, labelled tokens) per sample, from the labelled forward."""
+    out = vlm(**batch, per_sample=True)
+    return [(-s + 0.0, bool(g), int(c)) for s, g, c in
+            zip(out["sample_nll"].tolist(), out["sample_greedy"].tolist(), out["sample_tokens"].tolist())]
 
 
 def reply_logprobs(vlm, records: list[Record], cache=None, batch_size: int = 8, precision: str = "fp32",

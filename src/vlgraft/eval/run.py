@@ -11,17 +11,24 @@ from vlgraft.eval.vqa import evaluate, write_result
 from vlgraft.files import OutputError, ensure_writable, read_json
 
 
+def check_eval_inputs(recipe: Recipe, out: Path):
+    """What ``run_eval`` reads or writes first, checked before any model is built or generates: the
+    result's folder, the text set (returned, None with ``eval.text: off``) and the task specs."""
+    ensure_writable(out.parent, "folder of the eval result (--out)")
+    if out.is_dir():
+        raise OutputError(f"the eval result {out} is a folder; give a file name (--out DIR/eval.json)")
+    text_set = load_text_set(recipe.eval.text_set) if recipe.eval.text != "off" else None
+    check_specs(recipe.eval.tasks or ["vqa"])
+    return text_set
+
+
 def run_eval(vlm, recipe: Recipe, out: Path) -> dict:
     """VQA on ``data.eval`` and the other ``eval.tasks`` (unless ``eval.text: only``) and the text ability
     before and after training (``eval.text``: also / only), written to ``out`` and its predictions files
     beside it (``.predictions.jsonl``, ``.tasks.jsonl``, ``.text.jsonl``)."""
     cfg, precision = recipe.eval, inference_precision(recipe)
-    ensure_writable(out.parent, "folder of the eval result (--out)")  # before the model generates anything
-    if out.is_dir():
-        raise OutputError(f"the eval result {out} is a folder; give a file name (--out DIR/eval.json)")
-    text_set = load_text_set(cfg.text_set) if cfg.text != "off" else None  # a bad text set fails before any work
+    text_set = check_eval_inputs(recipe, out)
     tasks = cfg.tasks or ["vqa"]
-    check_specs(tasks)
     result: dict = {}
     if cfg.text != "only" and "vqa" in tasks:
         result = evaluate(vlm, recipe.data, cfg, precision, out_path=out)

@@ -26,7 +26,6 @@ for QA accuracy. The paired intervals are the ones that say whether a model kept
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -36,18 +35,18 @@ from statistics import NormalDist
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
 from vlgraft.data.records import Record
 from vlgraft.errors import DataError
-from vlgraft.eval.vqa import normalize
+from vlgraft.eval.vqa import heldout_nll, normalize
 from vlgraft.files import iter_jsonl
-from vlgraft.inference import autocast, device_of, generate_answers
+from vlgraft.inference import device_of, generate_answers
 
 BUNDLED_TEXT_SET = Path(__file__).resolve().parent.parent / "data" / "bundled" / "text_eval.jsonl"
-CACHE_VERSION = 2  # 2: the cached "before" carries per-item NLL sums (``ppl_items``) for the intervals
+CACHE_VERSION = 3  # 2: the cached "before" carries per-item NLL sums (``ppl_items``) for the intervals;
+#                   3: those sums are taken in float64 by ``VLM.forward(per_sample=True)``
 CI_LEVEL, CI_RESAMPLES, CI_SEED = 0.95, 1000, 0
 INTERVALS = {"level": CI_LEVEL, "qa": "Wilson score", "ppl": "percentile bootstrap over items",
              "change": "paired percentile bootstrap over items", "resamples": CI_RESAMPLES, "seed": CI_SEED}
@@ -59,6 +58,21 @@ class TextSet:
     sha1: str
     ppl: list[Record]  # single-turn instruction -> response
     qa: list[dict]  # {"id", "question", "answers", "where"}
+
+    def near_duplicate_index(self):
+        """Every ``ppl`` instruction and response and every ``qa`` question, indexed to find near
+        duplicates in training data (keys ``<id>:instruction|response|question``)."""
+        from vlgraft.data.dedup import NearDuplicateIndex
+
+        texts, keys = [], []
+        for r in self.ppl:
+            for field, (_, t) in zip(("instruction", "response"), r.turns):
+                texts.append(t)
+                keys.append(f"{r.id}:{field}")
+        for q in self.qa:
+            texts.append(q["question"])
+            keys.append(f"{q['id']}:question")
+        return NearDuplicateIndex(texts, keys)
 
 
 def _text(raw: dict, key: str, where: str) -> str:
@@ -114,64 +128,12 @@ def qa_correct(prediction: str, answers: list[str], exact: bool = False) -> bool
     return False
 
 
-@contextlib.contextmanager
-def _captured_logits(llm):
-    """Every output of ``llm.logits`` while inside, in call order (the labelled forward takes its loss on
-    exactly these)."""
-    seen: list[torch.Tensor] = []
-    inner = llm.logits
-
-    def logits(hidden):
-        out = inner(hidden)
-        seen.append(out)
-        return out
-
-    llm.logits = logits  # an instance attribute, shadowing the method until deleted
-    try:
-        yield seen
-    finally:
-        del llm.logits
-
-
-@torch.no_grad()
-def item_nll(vlm, records: list[Record], batch_size: int = 16, precision: str = "fp32",
-             max_length: int = 1024) -> tuple[float, int, list[list]]:
-    """Teacher-forced NLL over ``records`` (the held-out loss of VQA eval: tokenised and masked as in
-    training, batched by length): ``(total NLL, labelled tokens, [[NLL sum, tokens] per record])``.
-    One labelled forward per batch; the per-record sums are taken on the logits that forward's own
-    loss is computed from."""
-    from vlgraft.data.conversation import IGNORE
-    from vlgraft.data.dataset import ConversationDataset, collate
-
-    device = device_of(vlm)
-    ds = ConversationDataset(records, vlm, max_length, None, "conversation")
-    order = sorted(range(len(ds)), key=ds.num_tokens)
-    total, n, items = 0.0, 0, [[0.0, 0] for _ in records]
-    for s in range(0, len(order), batch_size):
-        rows = order[s: s + batch_size]
-        batch = collate([ds[i] for i in rows], vlm.llm.tokenizer.pad_token_id)
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        with _captured_logits(vlm.llm) as seen, autocast(device, precision):
-            out = vlm(**batch)
-        target = batch["labels"][:, 1:]
-        sel = target != IGNORE
-        logits = torch.cat(seen) if seen else None
-        if logits is None or logits.shape[0] != out["n_tokens"] or int(sel.sum()) != out["n_tokens"]:
-            raise RuntimeError("per-item NLL: the labelled forward no longer takes its loss on one logits row per "
-                               "labelled token in order (vlgraft.eval.text.item_nll must follow VLM.forward)")
-        tok = F.cross_entropy(logits.float(), target[sel], reduction="none")
-        for i, part, k in zip(rows, tok.split(sel.sum(1).tolist()), sel.sum(1).tolist()):
-            items[i] = [float(part.sum()), int(k)]
-        total += float(out["loss_sum"])
-        n += out["n_tokens"]
-    return total / max(1, n), n, items
-
-
 def perplexity(vlm, records: list[Record], batch_size: int = 16, precision: str = "fp32",
                max_length: int = 1024) -> dict:
     """Teacher-forced NLL per labelled response token over ``records`` (the held-out loss of VQA eval),
     with the per-record ``[NLL sum, tokens]`` under ``ppl_items``."""
-    nll, n, items = item_nll(vlm, records, batch_size, precision, max_length)
+    nll, n, items = heldout_nll(vlm, records, "conversation", max_length, None, batch_size, precision,
+                                device_of(vlm))
     return {"ppl": math.exp(nll), "nll": nll, "tokens": n, "ppl_items": items}
 
 
@@ -366,6 +328,16 @@ def _ci(v, fmt: str = "{:.3f}", scale: float = 1.0) -> str:
     if not (isinstance(v, (list, tuple)) and len(v) == 2):
         return ""
     return " [" + ", ".join(fmt.format(scale * x) for x in v) + "]"
+
+
+def text_cells(block: dict) -> tuple[str, str]:
+    """The text ability as two table cells, before -> after with the after figure's 95% interval:
+    ``("11.81 → 13.60 [12.31, 15.02]", "42.2% → 5.6% [3.4, 9.1]")`` (sweep, benchmarks)."""
+    b, a = block["before"], block["after"]
+    ppl = f"{b['ppl']:.2f} → {a['ppl']:.2f}{_ci(a.get('ppl_ci'), '{:.2f}')}" if "ppl" in a else "-"
+    qa = (f"{100 * b['qa_acc']:.1f}% → {100 * a['qa_acc']:.1f}%{_ci(a.get('qa_ci'), '{:.1f}', 100)}"
+          if "qa_acc" in a else "-")
+    return ppl, qa
 
 
 def print_text_ability(block: dict, console: Console | None = None) -> None:

@@ -98,22 +98,25 @@ def describe_summary(records, described: list[str | None], request: str) -> dict
 
 @torch.no_grad()
 def heldout_nll(vlm, records, turns: str, max_length: int, cache, batch_size: int, precision: str,
-                device) -> tuple[float, int]:
-    """Mean cross-entropy per labelled token over ``records`` (teacher forcing, tokenised as in
-    training) and the number of labelled tokens; records are batched by length."""
+                device) -> tuple[float, int, list[list]]:
+    """Teacher-forced cross-entropy over ``records`` (tokenised and masked as in training, batched by
+    length): ``(mean per labelled token, labelled tokens, [[NLL sum, tokens] per record])``."""
     from vlgraft.data.dataset import ConversationDataset
 
     ds = ConversationDataset(records, vlm, max_length, cache, turns)
     order = sorted(range(len(ds)), key=ds.num_tokens)
-    total, n = 0.0, 0
+    total, n, items = 0.0, 0, [[0.0, 0] for _ in records]
     for s in range(0, len(order), batch_size):
-        batch = collate([ds[i] for i in order[s: s + batch_size]], vlm.llm.tokenizer.pad_token_id)
+        rows = order[s: s + batch_size]
+        batch = collate([ds[i] for i in rows], vlm.llm.tokenizer.pad_token_id)
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         with autocast(device, precision):
-            out = vlm(**batch)
+            out = vlm(**batch, per_sample=True)
+        for i, nll, k in zip(rows, out["sample_nll"].tolist(), out["sample_tokens"].tolist()):
+            items[i] = [nll, int(k)]
         total += float(out["loss_sum"])
         n += out["n_tokens"]
-    return total / max(1, n), n
+    return total / max(1, n), n, items
 
 
 def write_result(out: Path, result: dict, rows: list[dict], rows_suffix: str) -> None:
@@ -155,7 +158,7 @@ def evaluate(vlm, data: DataConfig, cfg: EvalConfig, precision: str = "bf16", ou
         recs = records[:cfg.loss_records]
         if request:  # teacher forcing, as in training: the gold description where there is one
             recs = with_gold_descriptions(recs, request)[0]
-        val_loss, _ = heldout_nll(vlm, recs, turns, data.max_length, cache, max(1, cfg.batch_size // 8), precision,
+        val_loss, _, _ = heldout_nll(vlm, recs, turns, data.max_length, cache, max(1, cfg.batch_size // 8), precision,
                                   device)
     t0 = time.time()
     described = None

@@ -20,6 +20,18 @@ from vlgraft.models.vision import VisionEncoder, build_vision
 IMAGE_TOKEN_ID = -200
 
 
+def _per_sample(logits, target, sel) -> dict:
+    """Per-sample sums of the labelled tokens' cross-entropy (``logits`` ``[n_labelled, V]``, in the
+    row-major order of ``sel`` ``[B, T-1]``), their counts, and whether greedy decoding hits each."""
+    rows = sel.nonzero()[:, 0]  # [n_labelled]: the sample of each labelled token
+    b = sel.shape[0]
+    tok = F.cross_entropy(logits.float(), target, reduction="none").double()
+    nll = torch.zeros(b, dtype=torch.float64, device=tok.device).index_add_(0, rows, tok)
+    wrong = (logits.argmax(-1) != target).long()
+    misses = torch.zeros(b, dtype=torch.long, device=tok.device).index_add_(0, rows, wrong)
+    return {"sample_nll": nll, "sample_tokens": sel.sum(1), "sample_greedy": misses == 0}
+
+
 class VLM(nn.Module):
     def __init__(self, vision: VisionEncoder, connector: nn.Module, llm: LanguageModel, recipe: Recipe):
         super().__init__()
@@ -139,13 +151,17 @@ class VLM(nn.Module):
 
     # ------------------------------------------------------------------ language side
     def forward(self, input_ids, attention_mask, labels=None, pixel_values=None, image_features=None,
-                position_ids=None, segment_ids=None, has_image=None, image_counts=None, text_kl: float = 0.0):
+                position_ids=None, segment_ids=None, has_image=None, image_counts=None, text_kl: float = 0.0,
+                per_sample: bool = False):
         """``position_ids``/``segment_ids`` come with packed independent turns (``masks.segment_mask``).
         With ``labels``: ``{"loss_sum", "n_tokens"}`` — cross-entropy summed over labelled positions,
         computed only there (the LM head over the vocabulary is a large share of the FLOPs and most
         positions carry no label). Without: ``{"logits"}`` for every position. ``text_kl`` > 0 adds
         ``text_kl`` x KL(base || model) summed over the labelled tokens of the text-only samples (also
-        returned alone as ``kl_sum``), the base being this model in a base pass (``train.text_kl``)."""
+        returned alone as ``kl_sum``), the base being this model in a base pass (``train.text_kl``).
+        ``per_sample`` (scoring, no gradient): also ``sample_nll`` ``[B]`` (each sample's cross-entropy
+        sum), ``sample_tokens`` ``[B]`` (its labelled tokens) and ``sample_greedy`` ``[B]`` (whether the
+        argmax is the label at every one of them)."""
         x = self.prepare(input_ids, attention_mask, pixel_values, image_features, has_image, labels,
                          position_ids, segment_ids, image_counts)
         embeds, attention_mask, labels, position_ids = x["embeds"], x["attention_mask"], x["labels"], x["position_ids"]
@@ -160,6 +176,8 @@ class VLM(nn.Module):
             logits = self.llm.logits(hidden[:, :-1][sel])  # [n_labelled, V]
         loss_sum = F.cross_entropy(logits.float(), target[sel], reduction="sum")
         out = {"loss_sum": loss_sum, "n_tokens": int(sel.sum())}
+        if per_sample:
+            out.update(_per_sample(logits.detach(), target[sel], sel))
         text = ~x["context"].has_image  # [B]
         if text_kl and bool(text.any()):
             mine = text.view(-1, 1).expand_as(sel)[sel]  # [n_labelled]: the text-only samples' tokens

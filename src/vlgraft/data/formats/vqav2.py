@@ -72,18 +72,27 @@ def _entries(data: object, path: Path, key: str) -> list:
     return data[key]
 
 
+def _by_question_id(data: object, path: Path, key: str, noun: str, duplicate: str):
+    """``(question_id, entry, where)`` for each entry of ``data[key]``: an object with an integer
+    ``question_id`` not seen before (``duplicate``: the error's words for a second one)."""
+    seen: set[int] = set()
+    for i, e in enumerate(_entries(data, path, key)):
+        qid = e.get("question_id") if isinstance(e, dict) else None
+        where = f"{path}: {noun} {qid!r} (#{i})" if qid is not None else f"{path}: {noun.split()[0]} #{i}"
+        if not isinstance(e, dict):
+            raise DataError(f"{where}: {'an' if noun[0] in 'aeiou' else 'a'} {noun.split()[0]} must be an object")
+        if not _int(qid):
+            raise DataError(f"{where}: 'question_id' must be an integer")
+        if qid in seen:
+            raise DataError(f"{where}: {duplicate} {qid}")
+        seen.add(qid)
+        yield qid, e, where
+
+
 def _questions(data: object, path: Path) -> dict[int, dict]:
     """``question_id -> question entry`` in file order, checked."""
     out: dict[int, dict] = {}
-    for i, q in enumerate(_entries(data, path, "questions")):
-        qid = q.get("question_id") if isinstance(q, dict) else None
-        where = f"{path}: question {qid!r} (#{i})" if qid is not None else f"{path}: question #{i}"
-        if not isinstance(q, dict):
-            raise DataError(f"{where}: a question must be an object")
-        if not _int(qid):
-            raise DataError(f"{where}: 'question_id' must be an integer")
-        if qid in out:
-            raise DataError(f"{where}: duplicate question_id {qid}")
+    for qid, q, where in _by_question_id(data, path, "questions", "question", "duplicate question_id"):
         if not _int(q.get("image_id")):
             raise DataError(f"{where}: 'image_id' must be an integer")
         if not isinstance(q.get("question"), str) or not q["question"].strip():
@@ -107,15 +116,8 @@ def _references(answers: object, where: str) -> list[str]:
 def _annotations(data: object, path: Path, questions: dict[int, dict], qpath: Path) -> dict[int, dict]:
     """``question_id -> {answer, answer_type, question_type, references}``, one per question, checked."""
     out: dict[int, dict] = {}
-    for i, ann in enumerate(_entries(data, path, "annotations")):
-        qid = ann.get("question_id") if isinstance(ann, dict) else None
-        where = f"{path}: annotation of question {qid!r} (#{i})" if qid is not None else f"{path}: annotation #{i}"
-        if not isinstance(ann, dict):
-            raise DataError(f"{where}: an annotation must be an object")
-        if not _int(qid):
-            raise DataError(f"{where}: 'question_id' must be an integer")
-        if qid in out:
-            raise DataError(f"{where}: a second annotation for question {qid}")
+    for qid, ann, where in _by_question_id(data, path, "annotations", "annotation of question",
+                                           "a second annotation for question"):
         if qid not in questions:
             raise DataError(f"{where}: question {qid} is not in the questions file {qpath}")
         image_id = questions[qid]["image_id"]
