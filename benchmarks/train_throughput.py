@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -71,10 +72,8 @@ def main() -> None:
         dt = [b["time"] - a["time"] for a, b in zip(m, m[1:])]
         s_per_step = sum(dt) / len(dt)
         log_text = (work / f"tp-{name}.log").read_text()
-        cache_s = 0.0
-        for line in log_text.splitlines():
-            if "encoded by this process in" in line:
-                cache_s = float(line.rsplit("in", 1)[1].strip().rstrip("s"))
+        found = re.search(r"feature cache .*? hashed, ([\d.]+)s", " ".join(log_text.split()))  # rich wraps lines
+        cache_s = float(found.group(1)) if found else 0.0
         row = {"samples_per_s": sum(x["samples_per_s"] for x in m[1:]) / len(m[1:]),
                "tokens_per_s": sum(x["tokens_per_s"] for x in m[1:]) / len(m[1:]),
                "s_per_step": s_per_step, "peak_rss_mb": mem["max_rss_mb"], "cuda_peak_mb": mem.get("cuda_peak_mb"),

@@ -23,8 +23,8 @@ def test_feature_cache_hits_and_keys(tiny_clip, tiny_data, tmp_path):
     assert FeatureCache(enc, "bf16", root=tmp_path).dir != cache.dir
     changed = tmp_path / "changed.png"
     Image.new("RGB", (40, 40), (1, 2, 3)).save(changed)
-    before = cache.entry(str(changed))
+    before = cache.digest(str(changed))
     Image.new("RGB", (40, 40), (9, 9, 9)).save(changed)
-    assert FeatureCache(enc, "fp32", root=tmp_path).entry(str(changed)) != before
+    assert FeatureCache(enc, "fp32", root=tmp_path).digest(str(changed)) != before
     # no temporary files are left behind
     assert not list(cache.dir.rglob("*.tmp"))

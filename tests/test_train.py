@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,21 +60,30 @@ def test_resume_matches_uninterrupted(tiny_recipe, tmp_path, monkeypatch):
 
     part = tiny_recipe(max_steps=4, save_every=2, schedule="cosine", warmup_ratio=0.25)
     part.train.output_dir = str(tmp_path / "part")
+    crash_then_resume(part, part, monkeypatch, at=2)
+    assert_same_weights(tmp_path / "full", tmp_path / "part")
+
+
+def crash_then_resume(first, resumed, monkeypatch, at: int) -> None:
+    """Train recipe ``first`` until it dies right after writing its step-``at`` checkpoint, then
+    ``--resume`` it with recipe ``resumed`` (the same run folder)."""
     real_save = ckpt_mod.save_checkpoint
 
     def save_then_crash(path, *a, **k):
         real_save(path, *a, **k)
-        if path.name == "step-000002":
-            raise KeyboardInterrupt  # the run dies right after its first checkpoint
+        if path.name == f"step-{at:06d}":
+            raise KeyboardInterrupt
 
     monkeypatch.setattr(ckpt_mod, "save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        train(part, source="test")
+        train(first, source="test")
     monkeypatch.setattr(ckpt_mod, "save_checkpoint", real_save)
-    assert not (tmp_path / "part" / "final").exists()
-    train(part, resume=True, source="test")
+    assert not (Path(first.train.output_dir) / "final").exists()
+    train(resumed, resume=True, source="test")
 
-    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "part")
+
+def assert_same_weights(run_a, run_b) -> None:
+    a, b = _weights(run_a), _weights(run_b)
     assert set(a) == set(b)
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -189,3 +199,34 @@ def test_init_from_chains_stage_one_by_reference(tiny_recipe, tmp_path):
         ckpt_mod.load_init(VLM.from_recipe(from_dict(Recipe, s4), "test"), from_dict(Recipe, s4))
     with pytest.raises(VlgraftError, match="no checkpoint"):
         ckpt_mod.load_init(None, from_dict(Recipe, dict(s2, init_from=str(tmp_path / "nowhere"))))
+
+
+def test_a_short_run_prepares_only_the_images_its_steps_draw(tiny_recipe, tmp_path, monkeypatch):
+    from vlgraft.data.cache import FeatureCache
+    from vlgraft.training import loop
+
+    monkeypatch.setenv("VLGRAFT_FEATURE_CACHE", str(tmp_path / "features"))
+    filled = []
+    real_fill = FeatureCache.fill
+
+    def fill(self, items, *a, **k):
+        filled.extend(p for p, _ in items)
+        return real_fill(self, items, *a, **k)
+
+    monkeypatch.setattr(FeatureCache, "fill", fill)
+    recipe = tiny_recipe(max_steps=1, batch_size=2, grad_accum=2)  # one step: 4 of the 16 records
+    drawn = []
+    real_sampler = loop.sampler_for
+
+    def spy(recipe_, data, world, rank, start, whole=False):
+        s = real_sampler(recipe_, data, world, rank, start, whole)
+        if not whole:  # the training loop's own sampler: the records it actually takes
+            drawn.extend(i for b in real_sampler(recipe_, data, world, rank, start) for i in b)
+            drawn.append(data)
+        return s
+
+    monkeypatch.setattr(loop, "sampler_for", spy)
+    train(recipe, source="test")
+    data = drawn.pop()
+    taken = {p for i in drawn for p in data.records[i].images}
+    assert len(drawn) == 4 and set(filled) == taken  # exactly the step's images, not all 12

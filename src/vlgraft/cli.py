@@ -145,6 +145,8 @@ def cmd_export(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from vlgraft.curate.cli import register as register_curate
     from vlgraft.curate.text_cli import register_text as register_curate_text
+    from vlgraft.data.cache_cli import register_cache
+    from vlgraft.data.validate_cli import register_validate
     from vlgraft.eval.report.cli import register as register_report
     from vlgraft.serve.cli import register as register_serve
     from vlgraft.sweep import register as register_sweep
@@ -195,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_sweep(sub)
     register_curate(sub)
     register_curate_text(sub)
+    register_cache(sub)
+    register_validate(sub)
     return p
 
 

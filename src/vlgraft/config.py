@@ -146,6 +146,14 @@ class DataConfig:
                         "image prefix (one image encoding per record, no answer visible to another question)",
                         choices=("conversation", "independent"))
     limit: int | None = option(None, "use only the first N training records", min=1)
+    pack: bool = option(False, "pack several whole records (one source, one modality) into each training row of "
+                        "up to max_length tokens, each record attending only to itself: no padding spent on "
+                        "short records; train.batch_size then counts rows — with data.stream, each micro-batch's "
+                        "records are packed and batch_size still counts records (docs/DATA.md, 'Packing records')")
+    stream: bool = option(False, "read, check and tokenise training records as the batches need them (in the "
+                          "DataLoader's workers) instead of all before the first step: for data of any size; "
+                          "batches come from a shuffle buffer (docs/DATA.md, 'Streaming')")
+    shuffle_buffer: int = option(10_000, "data.stream: records per source held to draw each batch from", min=1)
     max_image_pixels: int = option(89_478_485, "largest image accepted, in pixels (width x height); a larger one "
                                    "is an error naming the record (a decompression bomb guard)", min=1)
     describe_first: str | None = option(None, "a request such as 'Describe the image.': every question about an "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
@@ -22,6 +24,9 @@ def image_input(rec: Record, cache: FeatureCache | None, vision, n_images: int |
     paths = rec.images[:n_images] if n_images is not None else rec.images
     if not paths:
         return {}
+    if rec.image_data:  # the images came inside the data (a webdataset sample): decoded from their bytes
+        return {"pixel_values": vision.preprocess([load_image(io.BytesIO(b), rec.where, name=p)
+                                                   for p, b in zip(paths, rec.image_data)])}
     if cache is not None:
         return {"image_features": torch.stack([cache.load(p) for p in paths])}
     return {"pixel_values": vision.preprocess([load_image(p, rec.where) for p in paths])}
@@ -35,14 +40,9 @@ class ConversationDataset(torch.utils.data.Dataset):
         self.records = records
         self.cache = cache
         self.vision = vlm.vision
-        tok = tokenize_independent if turns == "independent" else tokenize_conversation
         for r in records:
-            blank = next((k for k, (role, text) in enumerate(r.turns)
-                          if role == "assistant" and not text.strip()), None)
-            if blank is not None:
-                raise DataError(f"{r.where}: turn {blank} is an empty answer: it would teach the model to say "
-                                "nothing (remove the turn or the record)")
-        self.examples = [tok(r, vlm.llm, vlm.num_image_tokens, max_length) for r in records]
+            check_answers(r)
+        self.examples = [tokenizer_for(turns)(r, vlm.llm, vlm.num_image_tokens, max_length) for r in records]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -51,9 +51,26 @@ class ConversationDataset(torch.utils.data.Dataset):
         return len(self.examples[i]["input_ids"])
 
     def __getitem__(self, i: int) -> dict:
-        rec, ex = self.records[i], dict(self.examples[i])
-        n = ex.pop("n_images", None)
-        return {**ex, "image_features": None, "pixel_values": None, **image_input(rec, self.cache, self.vision, n)}
+        return sample(self.records[i], self.examples[i], self.cache, self.vision)
+
+
+def tokenizer_for(turns: str):
+    """The tokenisation of ``data.turns``: one multi-turn chat, or independent question/answer pairs."""
+    return tokenize_independent if turns == "independent" else tokenize_conversation
+
+
+def check_answers(r: Record) -> None:
+    blank = next((k for k, (role, text) in enumerate(r.turns) if role == "assistant" and not text.strip()), None)
+    if blank is not None:
+        raise DataError(f"{r.where}: turn {blank} is an empty answer: it would teach the model to say "
+                        "nothing (remove the turn or the record)")
+
+
+def sample(rec: Record, example: dict, cache: FeatureCache | None, vision) -> dict:
+    """A training sample: a record's tokens and its images (cached features or pixels)."""
+    ex = dict(example)
+    n = ex.pop("n_images", None)
+    return {**ex, "image_features": None, "pixel_values": None, **image_input(rec, cache, vision, n)}
 
 
 def collate(batch: list[dict], pad_id: int, left: bool = False) -> dict:
@@ -73,6 +90,8 @@ def collate(batch: list[dict], pad_id: int, left: bool = False) -> dict:
     if "segment_ids" in batch[0]:  # packed independent turns: positions restart per segment
         out["position_ids"] = pad([b["position_ids"] for b in batch], 0)
         out["segment_ids"] = pad([b["segment_ids"] for b in batch], -1)
+    if "document_ids" in batch[0]:  # records packed into one row (data.packing)
+        out["document_ids"] = pad([b["document_ids"] for b in batch], -1)
     one = {"image_features": 2, "pixel_values": 3}  # dims of a single image without its leading count
     images = [{k: (b[k].unsqueeze(0) if b[k].dim() == d else b[k]) for k, d in one.items() if b.get(k) is not None}
               for b in batch]

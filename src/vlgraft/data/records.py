@@ -37,6 +37,9 @@ class Record:
     lead_pairs: int = 0  # leading (user, assistant) exchanges that every question is asked behind (describe-first)
     meta: dict = field(default_factory=dict)
     source: str = ""  # "file:record" for error messages
+    # the images' encoded bytes when they travel inside the data (a webdataset sample); else empty and
+    # ``images`` are files
+    image_data: list[bytes] = field(default_factory=list, repr=False)
 
     def __post_init__(self):  # positional arguments in the wrong order would otherwise go unnoticed
         if not isinstance(self.turns, list) or not isinstance(self.images, list) or self.kind not in KINDS:
@@ -74,7 +77,9 @@ def split_image_lead(rec: Record, need: str) -> tuple[list[tuple[str, str]], str
     return system, first[:k], [("user", first[k:])] + body[1:]
 
 
-def parse_record(raw: dict, index: int, source: str, image_root: Path | None) -> Record:
+def parse_record(raw: dict, index: int, source: str, image_root: Path | None, check_files: bool = True) -> Record:
+    """A raw LLaVA record validated (``check_files``: every image path must be a file; off where the
+    images come with the record, as bytes)."""
     rid = str(raw.get("id", index)) if isinstance(raw, dict) else str(index)
     where = f"{source}: record {rid!r} (#{index})"
     if not isinstance(raw, dict):
@@ -120,7 +125,7 @@ def parse_record(raw: dict, index: int, source: str, image_root: Path | None) ->
                             "(need one per image)")
         if any(IMAGE_PLACEHOLDER in text for r, text in turns if r != "user"):
             raise DataError(f"{where}: the {IMAGE_PLACEHOLDER} placeholder must be in a human turn")
-        images = [resolve_image(x, image_root, where) for x in paths]
+        images = [resolve_image(x, image_root, where) for x in paths] if check_files else paths
     meta = {k: v for k, v in raw.items() if k not in ("id", "image", "image_text", "conversations")}
     return Record(rid, turns, images=images, image_text=image_text, meta=meta, source=where)
 

@@ -25,6 +25,10 @@ def parse_source(spec: DataSource, where: str | None = None) -> FormatOptions:
     if isinstance(spec, FormatOptions):
         return spec
     where = where or f"data source {spec!r}"
+    if isinstance(spec, dict):  # a format's options as plain data (as a recipe gives them)
+        if spec.get("name") not in DATASET:
+            raise ConfigError(f"{where}: 'name' must be a data format ({', '.join(sorted(DATASET.names()))})")
+        return load(DATASET.options(spec["name"]), spec, where)
     name, sep, arg = spec.partition(":")
     if sep and len(name) > 1 and name in DATASET:  # a Windows drive letter is not a format
         cls = DATASET.options(name)

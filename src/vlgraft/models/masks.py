@@ -25,14 +25,20 @@ def for_model(allowed: torch.Tensor, config, dtype: torch.dtype) -> torch.Tensor
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def segment_mask(segment_ids: torch.Tensor, config, dtype: torch.dtype) -> torch.Tensor:
+def segment_mask(segment_ids: torch.Tensor, config, dtype: torch.dtype,
+                 document_ids: torch.Tensor | None = None) -> torch.Tensor:
     """``[B, 1, T, T]`` for packed independent segments (``segment_ids [B, T]``: 0 = the shared prefix,
     k = segment k, -1 = padding): causal, and a token sees the shared prefix and its own segment only.
-    Padding attends to itself so that no row is empty."""
+    ``document_ids [B, T]`` (records packed into one row, ``data.pack``; -1 = padding): a token sees only
+    its own record's tokens, and within the record the segment rule applies. Padding attends to itself
+    so that no row is empty."""
     t = segment_ids.shape[1]
     q, k = segment_ids[:, :, None], segment_ids[:, None, :]
     causal = torch.ones(t, t, dtype=torch.bool, device=segment_ids.device).tril()
     allowed = causal & ((k == 0) | (k == q)) & (k >= 0)
+    if document_ids is not None:
+        dq, dk = document_ids[:, :, None], document_ids[:, None, :]
+        allowed &= (dq == dk) & (dk >= 0)
     allowed |= torch.eye(t, dtype=torch.bool, device=segment_ids.device)
     return for_model(allowed[:, None], config, dtype)
 

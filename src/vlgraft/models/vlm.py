@@ -94,13 +94,15 @@ class VLM(nn.Module):
         return self.connector(image_features)
 
     def prepare(self, input_ids, attention_mask=None, pixel_values=None, image_features=None, has_image=None,
-                labels=None, position_ids=None, segment_ids=None, image_counts=None, base: bool = False) -> dict:
+                labels=None, position_ids=None, segment_ids=None, image_counts=None, base: bool = False,
+                document_ids=None) -> dict:
         """Everything before the LLM's layers: encode and connect images, build the methods' context,
         splice visual tokens, put method prefixes (soft prompts, MMA's modality token) in front and
         shift masks, labels and positions to match. ``image_counts`` ``[B]`` (from ``collate``) says
         how many of the images, in order, belong to each sample; without it a sample has at most one.
         The layers must run inside ``with self.method_context(out["context"])``. ``base``: a base pass
-        (every method off: the frozen base model, ``methods.base.active_rows``)."""
+        (every method off: the frozen base model, ``methods.base.active_rows``). ``document_ids`` ``[B, T]``:
+        several records packed into each row (``data.pack``); ``image_counts`` then counts a row's images."""
         visual = self.visual_embeds(pixel_values, image_features)
         b = input_ids.shape[0]
         n_img = 0 if visual is None else visual.shape[0]
@@ -120,6 +122,8 @@ class VLM(nn.Module):
         ctx = MethodContext(visual=visual, has_image=has_image, image_counts=image_counts, base=base)
         embeds = self.embed_inputs(input_ids, visual if self.num_image_tokens else None)
         prefixes = [p for m in self.methods if (p := m.prefix_embeds(self, ctx, b)) is not None]
+        if prefixes and document_ids is not None:  # data.pack refuses such methods (data.packing.check_packable)
+            raise VlgraftError("a method puts embeddings before the sequence: records cannot be packed into one row")
         if prefixes:
             pre = torch.cat([p.to(embeds.dtype) for p in prefixes], dim=1)  # [B, P, Dl]
             n = pre.shape[1]
@@ -134,7 +138,7 @@ class VLM(nn.Module):
             if segment_ids is not None:
                 segment_ids = torch.cat([torch.zeros_like(ones), segment_ids], dim=1)
         return {"embeds": embeds, "attention_mask": attention_mask, "labels": labels,
-                "position_ids": position_ids, "segment_ids": segment_ids, "context": ctx}
+                "position_ids": position_ids, "segment_ids": segment_ids, "document_ids": document_ids, "context": ctx}
 
     def embed_inputs(self, input_ids: torch.Tensor, visual: torch.Tensor | None) -> torch.Tensor:
         """Text embeddings with the visual tokens written at the ``IMAGE_TOKEN_ID`` positions, in order."""
@@ -152,8 +156,9 @@ class VLM(nn.Module):
     # ------------------------------------------------------------------ language side
     def forward(self, input_ids, attention_mask, labels=None, pixel_values=None, image_features=None,
                 position_ids=None, segment_ids=None, has_image=None, image_counts=None, text_kl: float = 0.0,
-                per_sample: bool = False):
-        """``position_ids``/``segment_ids`` come with packed independent turns (``masks.segment_mask``).
+                per_sample: bool = False, document_ids=None):
+        """``position_ids``/``segment_ids`` come with packed independent turns (``masks.segment_mask``),
+        ``document_ids`` with records packed into one row (``data.pack``; a "sample" below is then a row).
         With ``labels``: ``{"loss_sum", "n_tokens"}`` — cross-entropy summed over labelled positions,
         computed only there (the LM head over the vocabulary is a large share of the FLOPs and most
         positions carry no label). Without: ``{"logits"}`` for every position. ``text_kl`` > 0 adds
@@ -163,10 +168,11 @@ class VLM(nn.Module):
         sum), ``sample_tokens`` ``[B]`` (its labelled tokens) and ``sample_greedy`` ``[B]`` (whether the
         argmax is the label at every one of them)."""
         x = self.prepare(input_ids, attention_mask, pixel_values, image_features, has_image, labels,
-                         position_ids, segment_ids, image_counts)
+                         position_ids, segment_ids, image_counts, document_ids=document_ids)
         embeds, attention_mask, labels, position_ids = x["embeds"], x["attention_mask"], x["labels"], x["position_ids"]
         if x["segment_ids"] is not None:
-            attention_mask = masks.segment_mask(x["segment_ids"], self.llm.model.config, embeds.dtype)
+            attention_mask = masks.segment_mask(x["segment_ids"], self.llm.model.config, embeds.dtype,
+                                                x["document_ids"])
         with self.method_context(x["context"]):
             hidden = self.llm.hidden_states(embeds, attention_mask, position_ids)  # [B, T, Dl]
             if labels is None:
@@ -181,7 +187,7 @@ class VLM(nn.Module):
         text = ~x["context"].has_image  # [B]
         if text_kl and bool(text.any()):
             mine = text.view(-1, 1).expand_as(sel)[sel]  # [n_labelled]: the text-only samples' tokens
-            base = self._base_logits(input_ids, attention_mask, labels, position_ids, segment_ids, text)
+            base = self._base_logits(input_ids, attention_mask, labels, position_ids, segment_ids, text, document_ids)
             kl = F.kl_div(F.log_softmax(logits[mine].float(), -1), F.log_softmax(base.float(), -1),
                           log_target=True, reduction="sum")
             out["kl_sum"], out["kl_tokens"] = kl.detach(), int(mine.sum())
@@ -189,15 +195,17 @@ class VLM(nn.Module):
         return out
 
     @torch.no_grad()
-    def _base_logits(self, input_ids, attention_mask, labels, position_ids, segment_ids, rows) -> torch.Tensor:
+    def _base_logits(self, input_ids, attention_mask, labels, position_ids, segment_ids, rows,
+                     document_ids=None) -> torch.Tensor:
         """The base model's logits ``[n, V]`` at the labelled positions of the samples ``rows`` (text-only:
         no image), in the order the model's own pass selects them (method prefixes only shift positions)."""
         pick = (lambda t: None if t is None else t[rows])
         x = self.prepare(input_ids[rows], pick(attention_mask), labels=labels[rows], position_ids=pick(position_ids),
-                         segment_ids=pick(segment_ids), image_counts=torch.zeros_like(input_ids[rows, 0]), base=True)
+                         segment_ids=pick(segment_ids), image_counts=torch.zeros_like(input_ids[rows, 0]), base=True,
+                         document_ids=pick(document_ids))
         mask = x["attention_mask"]
         if x["segment_ids"] is not None:
-            mask = masks.segment_mask(x["segment_ids"], self.llm.model.config, x["embeds"].dtype)
+            mask = masks.segment_mask(x["segment_ids"], self.llm.model.config, x["embeds"].dtype, x["document_ids"])
         with self.method_context(x["context"]):
             hidden = self.llm.hidden_states(x["embeds"], mask, x["position_ids"])
             sel = x["labels"][:, 1:] != -100

@@ -23,7 +23,8 @@ from vlgraft.files import atomic_path, read_json, read_safetensors
 log = logging.getLogger(__name__)
 
 
-def save_checkpoint(path: Path, model, recipe, optimizer=None, scheduler=None, state: dict | None = None) -> None:
+def save_checkpoint(path: Path, model, recipe, optimizer=None, scheduler=None, state: dict | None = None,
+                    data_state: dict | None = None) -> None:
     """Write ``path`` (a folder) atomically; ``model`` is the unwrapped VLM. A resumable checkpoint
     (with ``state``) includes this process's RNG state as rank 0; other processes add theirs with
     ``save_rng`` once the folder is committed."""
@@ -43,6 +44,10 @@ def save_checkpoint(path: Path, model, recipe, optimizer=None, scheduler=None, s
         if state is not None:
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
             save_rng(tmp, 0)
+        if data_state is not None:  # a stream's position and shuffle buffer (data.streaming), as JSON data
+            from vlgraft.data.streaming import encode_state
+
+            (tmp / "data_state.json").write_text(json.dumps(encode_state(data_state)))
 
 
 def save_rng(path: Path, rank: int) -> None:

@@ -29,10 +29,13 @@ from vlgraft.data.cache import FeatureCache
 from vlgraft.data.dataset import ConversationDataset, collate
 from vlgraft.data.describe import with_gold_descriptions
 from vlgraft.data.images import load_image, set_max_pixels
-from vlgraft.data.mixture import load_training_data
+from vlgraft.data.mixture import Source, load_training_data
+from vlgraft.data.packing import PackedDataset, check_packable, plan_rows
 from vlgraft.data.sampler import MicroBatches
 from vlgraft.data.sources import parse_source
-from vlgraft.errors import ConfigError, VlgraftError
+from vlgraft.data.streaming import StreamBatches, StreamDataset, collate_stream, decode_state
+from vlgraft.data.streams import open_stream
+from vlgraft.errors import ConfigError, DataError, VlgraftError
 from vlgraft.files import OutputError, ensure_writable, read_json, remove_leftovers
 from vlgraft.models.vlm import VLM
 from vlgraft.report import print_split
@@ -42,7 +45,9 @@ from vlgraft.training.trackers import JSONLTracker, keep_metrics_until
 
 # Settings that may change on --resume (everything else must match the saved recipe); a key ending
 # in "." stands for its whole section.
-RESUMABLE_CHANGES = {"train.max_steps", "train.epochs", "train.save_every", "train.log_every", "train.keep_checkpoints",
+RESUMABLE_CHANGES = {"train.max_steps", "train.epochs",
+                     "train.num_workers",  # the order of samples does not depend on the workers
+                     "train.save_every", "train.log_every", "train.keep_checkpoints",
                      "train.output_dir",  # a run folder copied or moved elsewhere resumes there
                      "eval.", "chat."}
 
@@ -70,9 +75,10 @@ class Run:
 class Data:
     records: list
     sources: list
-    dataset: ConversationDataset
+    dataset: ConversationDataset | StreamDataset
     total_steps: int
     global_batch: int
+    streams: list | None = None  # data.stream: the sources' record streams (records and sources stay empty)
 
 
 def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, source: str = "recipe",
@@ -139,10 +145,12 @@ def build_model(recipe: Recipe, source: str, run: Run):
 
 
 def build_data(recipe: Recipe, vlm, run: Run) -> Data:
-    """Every training record validated and tokenised, every image checked (or its features cached),
-    before any output is written; and the run's length in optimizer steps."""
+    """Every training record validated and tokenised, every image the run's steps draw checked (or its
+    features cached), before any output is written; and the run's length in optimizer steps."""
     accel, console, tc = run.accel, run.console, recipe.train
     set_max_pixels(recipe.data.max_image_pixels)
+    if recipe.data.stream:
+        return build_stream_data(recipe, vlm, run)
     records, sources = load_training_data(recipe.data)
     eval_path = getattr(parse_source(recipe.data.eval), "path", None)
     if eval_path and not Path(eval_path).exists():
@@ -155,27 +163,124 @@ def build_data(recipe: Recipe, vlm, run: Run) -> Data:
                               "(give records a 'description' field, or set data.describe_first: null)")
         console.print(f"describe first: {n_desc} of {sum(r.has_image for r in records)} image records carry a "
                       "gold description")
-    cache = FeatureCache(vlm.vision, tc.precision) if tc.feature_cache and vlm.vision_cacheable() else None
-    images = [(p, r.where) for r in records for p in r.images]
-    if cache is not None:
-        ensure_writable(cache.dir, "feature cache ($VLGRAFT_FEATURE_CACHE, or train.feature_cache: false)")
-        t0 = time.time()
-        n_new = cache.fill(images, accel.device, rank=accel.process_index, world=accel.num_processes, show=run.main)
-        accel.wait_for_everyone()
-        console.print(f"feature cache {cache.dir}: {len(set(p for p, _ in images))} images, "
-                      f"{n_new} encoded by this process in {time.time() - t0:.1f}s")
-    else:
-        for p, w in images[accel.process_index::accel.num_processes]:
-            load_image(p, w)  # fail now, naming the record, not mid-run
-    dataset = ConversationDataset(records, vlm, recipe.data.max_length, cache, recipe.data.turns)
+    dataset = ConversationDataset(records, vlm, recipe.data.max_length, None, recipe.data.turns)
+    by_epochs = len(sources) > 1 and all(m.epochs is not None for m in recipe.data.mixture)
+    if recipe.data.pack:
+        check_packable(vlm)
+        rows, sources = plan_rows(records, [dataset.num_tokens(i) for i in range(len(dataset))], sources,
+                                  recipe.data.max_length, by_epochs)
+        dataset = PackedDataset(dataset, rows)
+        console.print(f"data.pack: {len(records)} records in {len(rows)} rows of up to {recipe.data.max_length} "
+                      f"tokens ({len(records) / len(rows):.2f} records per row)")
     global_batch = tc.batch_size * tc.grad_accum * accel.num_processes
-    if len(sources) > 1:  # a mixture: one pass = sum of epochs x size, or every record once
-        by_epochs = all(m.epochs is not None for m in recipe.data.mixture)
+    if len(sources) > 1:  # a mixture: one pass = sum of epochs x size, or every record once (rows when packed)
         per_pass = sum(s.weight for s in sources) if by_epochs else len(dataset)
         total = tc.max_steps or max(1, math.ceil(tc.epochs * per_pass / global_batch))
     else:
         total = tc.max_steps or max(1, math.ceil(tc.epochs * (len(dataset) // global_batch)))
-    return Data(records, sources, dataset, total, global_batch)
+    data = Data(records, sources, dataset, total, global_batch)
+    prepare_images(recipe, vlm, run, data)
+    return data
+
+
+def modality_flags(recipe: Recipe, data: Data) -> list[bool] | None:
+    """Per sample (a record, or a packed row: one modality each) whether it has an image, when batches
+    are grouped by modality; else None."""
+    if not recipe.data.group_by_modality:
+        return None
+    ds = data.dataset
+    if isinstance(ds, PackedDataset):
+        return [ds.has_image(j) for j in range(len(ds))]
+    return [r.has_image for r in data.records]
+
+
+def sampler_for(recipe: Recipe, data: Data, world: int, rank: int, start: int, whole: bool = False) -> MicroBatches:
+    """This process's micro-batches from step ``start``; ``whole``: one whole global batch per step."""
+    tc, ds = recipe.train, data.dataset
+    batch, accum = (data.global_batch, 1) if whole else (tc.batch_size, tc.grad_accum)
+    return MicroBatches([ds.num_tokens(i) for i in range(len(ds))], batch, accum, 1 if whole else world,
+                        0 if whole else rank, tc.seed, start, data.total_steps, is_image=modality_flags(recipe, data),
+                        sources=data.sources)
+
+
+def drawn_records(recipe: Recipe, data: Data) -> list[int]:
+    """The records the run's steps draw (every process's share), in order of first use: a short run
+    over a large set uses a fraction of it. Index arithmetic only: the sampler's own schedule, whose
+    global batches do not depend on how they are split across processes."""
+    rows = data.dataset.rows if isinstance(data.dataset, PackedDataset) else None
+    try:
+        sampler = sampler_for(recipe, data, 1, 0, 0, whole=True)
+    except VlgraftError:  # no schedule (fewer records than a batch): every record, so each bad image is named
+        return list(range(len(data.records)))  # first; the sampler's own error follows
+    seen: dict[int, None] = {}
+    for batch in sampler:
+        for j in batch:
+            for i in (rows[j] if rows is not None else (j,)):
+                seen.setdefault(i, None)
+        if len(seen) == len(data.records):
+            break
+    return list(seen)
+
+
+def prepare_images(recipe: Recipe, vlm, run: Run, data: Data) -> None:
+    """Every image the run's steps will draw checked — its features cached (``train.feature_cache``) or
+    the file decoded — before any output is written, so a bad image fails now, naming its record."""
+    accel, console, tc = run.accel, run.console, recipe.train
+    used = drawn_records(recipe, data)
+    images = [(p, data.records[i].where) for i in used for p in data.records[i].images]
+    n_all = sum(len(r.images) for r in data.records)
+    if len(images) < n_all:
+        console.print(f"the {data.total_steps} steps draw {len(used)} of {len(data.records)} training records: "
+                      f"{len(images)} of {n_all} images are prepared")
+    cache = FeatureCache(vlm.vision, tc.precision) if tc.feature_cache and vlm.vision_cacheable() else None
+    if cache is not None:
+        ensure_writable(cache.dir, "feature cache ($VLGRAFT_FEATURE_CACHE, or train.feature_cache: false)")
+        cache.fill(images, accel.device, rank=accel.process_index, world=accel.num_processes, show=run.main)
+        accel.wait_for_everyone()
+        f = cache.last_fill  # this process's share (every world-th image)
+        console.print(f"feature cache {cache.dir}: {f['images']} images; this process {f['hits']} of {f['mine']} "
+                      f"cached already ({f['hits'] / max(f['mine'], 1):.0%} hits), {f['encoded']} encoded, "
+                      f"{f['hashed']} hashed, {f['seconds']:.1f}s")
+        base = data.dataset.base if isinstance(data.dataset, PackedDataset) else data.dataset
+        base.cache = cache
+    else:
+        for p, w in images[accel.process_index::accel.num_processes]:
+            load_image(p, w)  # fail now, naming the record, not mid-run
+
+
+def build_stream_data(recipe: Recipe, vlm, run: Run) -> Data:
+    """``data.stream``: the sources opened as streams; records are read, checked and tokenised as the
+    batches need them (``data.streaming``)."""
+    d, tc = recipe.data, recipe.train
+    for key, on in [("data.group_by_modality", d.group_by_modality),
+                    ("train.modality_groups", tc.modality_groups),
+                    ("a mixture given by epochs", any(m.epochs is not None for m in d.mixture))]:
+        if on:
+            raise ConfigError(f"data.stream: {key} is not supported on streams yet (it needs every record's length "
+                              "or modality before training); set data.stream: false to use it")
+    parts = ([(m.train, m.image_root or d.image_root, m.limit, 1.0 if m.weight is None else m.weight,
+               f"data.mixture[{i}]") for i, m in enumerate(d.mixture)]
+             or [(d.train or "easyvqa:train", d.image_root, d.limit, 1.0, "data.train")])
+    streams = [open_stream(spec, root, limit, where) for spec, root, limit, _, where in parts]
+    sources = [Source(s.name, 0, 0, w) for s, (*_, w, _) in zip(streams, parts)]
+    global_batch = tc.batch_size * tc.grad_accum * run.accel.num_processes
+    total = tc.max_steps
+    if total is None:
+        counts = [lim if lim is not None else s.count() for s, (_, _, lim, _, _) in zip(streams, parts)]
+        if any(c is None for c in counts):
+            raise ConfigError("data.stream: set train.max_steps (a stream of this format has no cheap record count "
+                              "to derive the steps from train.epochs)")
+        total = max(1, math.ceil(tc.epochs * sum(counts) / global_batch))
+    if tc.feature_cache and vlm.vision_cacheable():
+        run.console.print("data.stream: images are encoded in every step (the feature cache needs every image "
+                          "before training)")
+    if d.pack:
+        check_packable(vlm)
+    dataset = StreamDataset(streams, vlm, d.max_length, d.turns, d.describe_first)
+    run.console.print(f"data.stream: {', '.join(s.name for s in streams)} ({sum(len(s.shards) for s in streams)} "
+                      f"shard(s)), shuffle buffer {d.shuffle_buffer}"
+                      + (", each micro-batch's records packed into rows" if d.pack else ""))
+    return Data([], sources, dataset, total, global_batch, streams)
 
 
 def check_text_kl(vlm) -> None:
@@ -227,11 +332,20 @@ def fit(recipe: Recipe, run: Run, vlm, resolved, data: Data) -> None:
     if run.resume_from is not None:
         ckpt.restore_rng(run.resume_from, accel.process_index)
 
-    is_image = [r.has_image for r in data.records] if recipe.data.group_by_modality else None
-    sampler = MicroBatches([data.dataset.num_tokens(i) for i in range(len(data.dataset))], tc.batch_size, tc.grad_accum,
-                           world, accel.process_index, tc.seed, start, total, is_image=is_image, sources=data.sources)
-    loader = torch.utils.data.DataLoader(data.dataset, batch_sampler=sampler, num_workers=tc.num_workers,
-                                         collate_fn=functools.partial(collate, pad_id=vlm.llm.tokenizer.pad_token_id))
+    ds = data.dataset
+    if data.streams is not None:
+        state = decode_state(read_json(run.resume_from / "data_state.json")) if run.resume_from else None
+        sampler = StreamBatches(data.streams, [s.weight for s in data.sources],
+                                [m.limit for m in recipe.data.mixture] or [recipe.data.limit], tc.batch_size,
+                                tc.grad_accum, world, accel.process_index, tc.seed, start, total,
+                                recipe.data.shuffle_buffer, state)
+        collate_fn = functools.partial(collate_stream, pack=recipe.data.max_length if recipe.data.pack else None)
+    else:
+        sampler = sampler_for(recipe, data, world, accel.process_index, start)
+        collate_fn = collate
+    pad_id = vlm.llm.tokenizer.pad_token_id
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=tc.num_workers,
+                                         collate_fn=functools.partial(collate_fn, pad_id=pad_id))
     trainable = [p for p in vlm.parameters() if p.requires_grad]
 
     if main:
@@ -242,23 +356,29 @@ def fit(recipe: Recipe, run: Run, vlm, resolved, data: Data) -> None:
             for src in data.sources:
                 console.print(f"  source {src.spec}: {src.size} records, "
                               f"share {src.weight / sum(x.weight for x in data.sources):.1%}")
-        console.print(f"{len(data.dataset)} conversations, global batch {data.global_batch} "
+        unit = ("a stream of conversations" if data.streams is not None else
+                f"{len(ds)} {'packed rows' if isinstance(ds, PackedDataset) else 'conversations'}")
+        console.print(f"{unit}, global batch {data.global_batch} "
                       f"({tc.batch_size} x {tc.grad_accum} accum x {world} proc), {total} steps, "
                       f"precision {tc.precision}, device {accel.device}")
     accel.init_trackers("tb")
 
     def save(step: int, final: bool = False) -> None:
-        save_checkpoints(run, recipe, vlm, optimizer, scheduler, step, total, data.global_batch, final)
+        data_state = sampler.state_at(step) if data.streams is not None and not final else None
+        save_checkpoints(run, recipe, vlm, optimizer, scheduler, step, total, data.global_batch, final, data_state)
 
     it = iter(loader)
     bar = tqdm(total=total, initial=start, desc="train", disable=not main, unit="step", dynamic_ncols=True)
-    t_last, samples_win, tokens_win = time.time(), 0, 0
+    t_last, samples_win, tokens_win, slots_win = time.time(), 0, 0, 0
     loss_win = torch.zeros(4, device=accel.device)  # cross-entropy sum, tokens, KL-to-base sum, its tokens
     kl_args = {"text_kl": tc.text_kl} if tc.text_kl else {}
     step = start
     steps_by_modality = {"image": 0, "text": 0}
     while step < total:
         micro = [next(it) for _ in range(tc.grad_accum)]
+        bad = next((m["error"] for m in micro if "error" in m), None)
+        if bad is not None:  # a streamed record that does not validate, named (data.streaming)
+            raise DataError(f"step {step + 1}: {bad}")
         if modality is not None:
             kind = batch_modality(micro, accel)
             steps_by_modality[kind] += 1
@@ -281,8 +401,9 @@ def fit(recipe: Recipe, run: Run, vlm, resolved, data: Data) -> None:
             loss_win += torch.stack([out_m["loss_sum"].detach().float() - tc.text_kl * kl,
                                      torch.tensor(float(out_m["n_tokens"]), device=accel.device), kl,
                                      torch.tensor(float(out_m.get("kl_tokens", 0)), device=accel.device)])
-            samples_win += m["input_ids"].shape[0]
+            samples_win += records_in(m)
             tokens_win += int(m["attention_mask"].sum())
+            slots_win += m["attention_mask"].numel()
         if modality is not None:  # joint training: the other modality's groups do not move at all
             for grp in optimizer.param_groups:
                 if grp["name"] not in modality[kind]:
@@ -302,6 +423,7 @@ def fit(recipe: Recipe, run: Run, vlm, resolved, data: Data) -> None:
                    "lr": {g["name"]: g["lr"] for g in optimizer.param_groups},
                    "grad_norm": None if grad_norm is None else float(grad_norm),
                    "samples_per_s": samples_win * world / dt, "tokens_per_s": tokens_win * world / dt,
+                   "padding": 1 - tokens_win / max(slots_win, 1),  # share of this process's padded positions
                    "time": time.time()}
             if modality is not None:
                 rec["steps_by_modality"] = dict(steps_by_modality)
@@ -309,7 +431,7 @@ def fit(recipe: Recipe, run: Run, vlm, resolved, data: Data) -> None:
                 rec["text_kl"] = (tot[2] / tot[3].clamp(min=1)).item()
             accel.log(rec, step=step)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{rec['samples_per_s']:.1f}")
-            t_last, samples_win, tokens_win = time.time(), 0, 0
+            t_last, samples_win, tokens_win, slots_win = time.time(), 0, 0, 0
             loss_win.zero_()
         if tc.save_every and step % tc.save_every == 0 and step < total:
             save(step)
@@ -318,6 +440,13 @@ def fit(recipe: Recipe, run: Run, vlm, resolved, data: Data) -> None:
     console.print(f"saved {run.out / 'final'}")
     accel.wait_for_everyone()
     accel.end_training()
+
+
+def records_in(batch: dict) -> int:
+    """Training records in a collated batch: one per row, or a packed row's documents (``data.pack``)."""
+    if "document_ids" in batch:
+        return int((batch["document_ids"].amax(1) + 1).sum())
+    return batch["input_ids"].shape[0]
 
 
 def check_finite(run: Run, step: int, loss: torch.Tensor, grad_norm) -> None:
@@ -346,7 +475,7 @@ def batch_modality(micro: list[dict], accel) -> str:
 
 
 def save_checkpoints(run: Run, recipe: Recipe, vlm, optimizer, scheduler, step: int, total: int, global_batch: int,
-                     final: bool) -> None:
+                     final: bool, data_state: dict | None = None) -> None:
     """A resumable checkpoint at ``step`` (every process adds its RNG state), the oldest pruned to
     ``train.keep_checkpoints``; at the end also ``final/`` (the trainable weights and the recipe)."""
     accel, main = run.accel, run.main
@@ -356,7 +485,7 @@ def save_checkpoints(run: Run, recipe: Recipe, vlm, optimizer, scheduler, step: 
     if main:
         opt = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer  # unwrap accelerate's
         try:
-            ckpt.save_checkpoint(path, vlm, recipe, opt, scheduler, state)
+            ckpt.save_checkpoint(path, vlm, recipe, opt, scheduler, state, data_state)
         except OutputError as e:
             earlier = sorted(run.checkpoints.glob("step-*"))
             kept = f"the last complete checkpoint, {earlier[-1]}, is intact (--resume continues from it)" if earlier \

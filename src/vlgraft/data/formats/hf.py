@@ -95,8 +95,9 @@ def _parquet_rows(path: Path, split: str) -> Iterator[tuple[str, dict]]:
             raise DataError(f"{f}: cannot read parquet: {e}") from None
 
 
-def _saved_rows(path: Path, split: str) -> Iterator[tuple[str, dict]]:
-    from datasets import Dataset, DatasetDict, Image, load_from_disk
+def _saved(path: Path, split: str):
+    """The split's ``Dataset`` of a ``save_to_disk`` folder, images kept encoded."""
+    from datasets import Dataset, DatasetDict, load_from_disk
 
     ds = load_from_disk(str(path))
     if isinstance(ds, DatasetDict):
@@ -109,10 +110,49 @@ def _saved_rows(path: Path, split: str) -> Iterator[tuple[str, dict]]:
     elif split:
         raise DataError(f"{path}: a single Dataset folder has no splits (drop '#{split}')")
     assert isinstance(ds, Dataset)
-    if isinstance(ds.features.get("image"), Image):
+    return _encoded_images(ds)
+
+
+def _encoded_images(ds):
+    from datasets import Image
+
+    if ds.features is not None and isinstance(ds.features.get("image"), Image):
         ds = ds.cast_column("image", Image(decode=False))  # keep the encoded bytes: no decode + re-encode
-    for row in ds:
+    return ds
+
+
+def _saved_rows(path: Path, split: str) -> Iterator[tuple[str, dict]]:
+    for row in _saved(path, split):
         yield str(path), row
+
+
+def _check_path(path: Path) -> bool:
+    """Whether ``path`` is a ``save_to_disk`` folder (else parquet); a missing or foreign path is an error."""
+    if not path.exists():
+        raise DataError(f"hf data not found: {path}")
+    saved = path.is_dir() and any((path / n).is_file() for n in ("state.json", "dataset_dict.json"))
+    if not saved and path.is_file() and path.suffix != ".parquet":
+        raise DataError(f"{path}: 'hf:' reads parquet files or save_to_disk folders (use the file's own format)")
+    return saved
+
+
+def iterable_dataset(o: HFOptions):
+    """The source as a ``datasets.IterableDataset`` (``streaming``): parquet files through
+    ``load_dataset(..., streaming=True)``, a saved folder through ``to_iterable_dataset``."""
+    path = Path(o.path)
+    if _check_path(path):
+        return _saved(path, o.split).to_iterable_dataset()
+    from datasets import load_dataset
+
+    files = [str(f) for f in _parquet_files(path, o.split)]
+    return _encoded_images(load_dataset("parquet", data_files=files, split="train", streaming=True))
+
+
+def row_record(row: dict, index: int, o: HFOptions) -> Record:
+    """Row ``index`` of the source as a record."""
+    path = Path(o.path)
+    root = Path(o.image_root) if o.image_root else (path if path.is_dir() else path.parent)
+    return _record(row, index, str(path), root)
 
 
 @dataclass
@@ -120,6 +160,8 @@ class HFOptions(FormatOptions):
     path: str = option(help="a save_to_disk folder, a .parquet file or a folder of them")
     split: str = option("", "the split (a DatasetDict's, or parquet files named/under it); empty: the only one / all")
     image_root: str | None = option(None, "folder that relative image paths resolve against (default: the data's)")
+    streaming: bool = option(False, "read through datasets' streaming (an IterableDataset: nothing is loaded or "
+                             "converted up front; with data.stream a resumed run continues from its saved position)")
     from_arg = staticmethod(path_and_split)
 
 
@@ -128,11 +170,11 @@ def hf(o: HFOptions) -> Iterator[Record]:
     """Rows of a saved ``datasets`` folder or of parquet files as records (see the module docstring)."""
     split, image_root = o.split, o.image_root
     path = Path(o.path)
-    if not path.exists():
-        raise DataError(f"hf data not found: {path}")
-    saved = path.is_dir() and any((path / n).is_file() for n in ("state.json", "dataset_dict.json"))
-    if not saved and path.is_file() and path.suffix != ".parquet":
-        raise DataError(f"{path}: 'hf:' reads parquet files or save_to_disk folders (use the file's own format)")
+    saved = _check_path(path)
+    if o.streaming:
+        for index, row in enumerate(iterable_dataset(o)):
+            yield row_record(row, index, o)
+        return
     root = Path(image_root) if image_root else (path if path.is_dir() else path.parent)
     rows = _saved_rows(path, split) if saved else _parquet_rows(path, split)
     for index, (source, row) in enumerate(rows):
