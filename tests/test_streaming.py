@@ -178,3 +178,25 @@ def test_training_on_a_stream_resumes_exactly(tiny_recipe, tiny_data, tmp_path, 
     crash_then_resume(recipe("part", workers=2), recipe("part"), monkeypatch, at=3)  # workers prefetch ahead
     assert (tmp_path / "part" / "checkpoints" / "step-000003" / "data_state.json").is_file()
     assert_same_weights(tmp_path / "full", tmp_path / "part")
+
+
+def test_streamed_records_get_describe_first_as_in_memory_ones(tiny_recipe, tiny_data, tmp_path):
+    from vlgraft.data.describe import with_gold_descriptions
+    from vlgraft.data.streaming import StreamDataset
+    from vlgraft.models.vlm import VLM
+
+    recs = [json.loads(x) for x in _jsonl(tiny_data, tmp_path).read_text().splitlines()]
+    recs[0]["description"] = "A red square."
+    path = tmp_path / "described.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    vlm = VLM.from_recipe(tiny_recipe())
+    stream = open_stream(str(path))
+    raws = [raw for raw, _ in stream.read(0, stream.start(0))][:2]  # one with a description, one without
+    ds = StreamDataset([stream], vlm, 128, "conversation", "Describe the image.")
+    expected, n = with_gold_descriptions([stream.to_record(r) for r in raws], "Describe the image.")
+    assert n == 1
+    from vlgraft.data.conversation import tokenize_conversation
+
+    for raw, rec in zip(raws, expected):
+        ref = tokenize_conversation(rec, vlm.llm, vlm.num_image_tokens, 128)["input_ids"]
+        assert torch.equal(ds[(0, raw)]["input_ids"], ref)

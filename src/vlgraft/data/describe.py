@@ -58,14 +58,14 @@ def with_description(rec: Record, request: str, description: str) -> Record:
 def with_gold_descriptions(records: list[Record], request: str) -> tuple[list[Record], int]:
     """Training records for describe-first: every image record with a gold description gets the
     describe exchange. Returns the records and how many got one."""
-    out, n = [], 0
-    for rec in records:
-        d = gold_description(rec) if describable(rec) else None
-        if d is not None:
-            rec = with_description(rec, request, d)
-            n += 1
-        out.append(rec)
-    return out, n
+    out = [with_gold_description(rec, request) for rec in records]
+    return [rec for rec, _ in out], sum(got for _, got in out)
+
+
+def with_gold_description(rec: Record, request: str) -> tuple[Record, bool]:
+    """One training record for describe-first, and whether it got the describe exchange."""
+    d = gold_description(rec) if describable(rec) else None
+    return (rec, False) if d is None else (with_description(rec, request, d), True)
 
 
 def describable(rec: Record) -> bool:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from vlgraft.data.dataset import check_answers, sample, tokenizer_for
-from vlgraft.data.describe import gold_description, with_description
+from vlgraft.data.describe import with_gold_description
 from vlgraft.data.records import Record
 from vlgraft.data.streams import RecordStream
 from vlgraft.errors import DataError
@@ -152,10 +152,8 @@ class StreamDataset(torch.utils.data.Dataset):
         k, raw = item
         try:
             rec = self.streams[k].to_record(raw)
-            if self.describe_first and rec.has_image:
-                gold = gold_description(rec)
-                if gold is not None:
-                    rec = with_description(rec, self.describe_first, gold)
+            if self.describe_first:
+                rec, _ = with_gold_description(rec, self.describe_first)
             check_answers(rec)
             example = self.tokenize(rec, self.llm, self.n_image_tokens, self.max_length)
             return sample(rec, example, None, self.vision)

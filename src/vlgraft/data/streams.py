@@ -96,9 +96,8 @@ class JsonlStream(RecordStream):
 class LoaderStream(RecordStream):
     """Any format, through its loader (records are made in the main process)."""
 
-    def __init__(self, opts, limit: int | None):
+    def __init__(self, opts):
         self.opts, self.name, self.shards = opts, str(opts.name), [str(opts.name)]
-        self.limit = limit
 
     def read(self, shard: int, position):
         records = DATASET.get(self.opts.name)(self.opts)
@@ -222,9 +221,8 @@ class HFStream(RecordStream):
         return row_record(row, index, self.opts)
 
 
-def open_stream(spec: DataSource, image_root: str | None = None, limit: int | None = None,
-                where: str = "data.train") -> RecordStream:
-    """The stream of a data source (the same specs as ``load_records``)."""
+def open_stream(spec: DataSource, image_root: str | None = None, where: str = "data.train") -> RecordStream:
+    """The stream of a data source (the same specs as ``load_records``; a ``limit`` is the sampler's)."""
     opts = parse_source(spec, where)
     if image_root and hasattr(opts, "image_root") and opts.image_root is None:
         opts = dataclasses.replace(opts, image_root=image_root)
@@ -241,4 +239,4 @@ def open_stream(spec: DataSource, image_root: str | None = None, limit: int | No
         return HFStream(opts)
     if opts.name not in DATASET:
         raise ConfigError(f"{where}: unknown format {opts.name!r}")
-    return LoaderStream(opts, limit)
+    return LoaderStream(opts)

@@ -78,7 +78,8 @@ class Data:
     dataset: ConversationDataset | StreamDataset
     total_steps: int
     global_batch: int
-    streams: list | None = None  # data.stream: the sources' record streams (records and sources stay empty)
+    streams: list | None = None  # data.stream: the sources' record streams (records stay empty)
+    limits: list | None = None  # data.stream: records per epoch of each stream (its source's limit)
 
 
 def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, source: str = "recipe",
@@ -261,12 +262,13 @@ def build_stream_data(recipe: Recipe, vlm, run: Run) -> Data:
     parts = ([(m.train, m.image_root or d.image_root, m.limit, 1.0 if m.weight is None else m.weight,
                f"data.mixture[{i}]") for i, m in enumerate(d.mixture)]
              or [(d.train or "easyvqa:train", d.image_root, d.limit, 1.0, "data.train")])
-    streams = [open_stream(spec, root, limit, where) for spec, root, limit, _, where in parts]
+    streams = [open_stream(spec, root, where) for spec, root, _, _, where in parts]
+    limits = [limit for _, _, limit, _, _ in parts]
     sources = [Source(s.name, 0, 0, w) for s, (*_, w, _) in zip(streams, parts)]
     global_batch = tc.batch_size * tc.grad_accum * run.accel.num_processes
     total = tc.max_steps
     if total is None:
-        counts = [lim if lim is not None else s.count() for s, (_, _, lim, _, _) in zip(streams, parts)]
+        counts = [lim if lim is not None else s.count() for s, lim in zip(streams, limits)]
         if any(c is None for c in counts):
             raise ConfigError("data.stream: set train.max_steps (a stream of this format has no cheap record count "
                               "to derive the steps from train.epochs)")
@@ -280,7 +282,7 @@ def build_stream_data(recipe: Recipe, vlm, run: Run) -> Data:
     run.console.print(f"data.stream: {', '.join(s.name for s in streams)} ({sum(len(s.shards) for s in streams)} "
                       f"shard(s)), shuffle buffer {d.shuffle_buffer}"
                       + (", each micro-batch's records packed into rows" if d.pack else ""))
-    return Data([], sources, dataset, total, global_batch, streams)
+    return Data([], sources, dataset, total, global_batch, streams, limits)
 
 
 def check_text_kl(vlm) -> None:
@@ -335,8 +337,7 @@ def fit(recipe: Recipe, run: Run, vlm, resolved, data: Data) -> None:
     ds = data.dataset
     if data.streams is not None:
         state = decode_state(read_json(run.resume_from / "data_state.json")) if run.resume_from else None
-        sampler = StreamBatches(data.streams, [s.weight for s in data.sources],
-                                [m.limit for m in recipe.data.mixture] or [recipe.data.limit], tc.batch_size,
+        sampler = StreamBatches(data.streams, [s.weight for s in data.sources], data.limits, tc.batch_size,
                                 tc.grad_accum, world, accel.process_index, tc.seed, start, total,
                                 recipe.data.shuffle_buffer, state)
         collate_fn = functools.partial(collate_stream, pack=recipe.data.max_length if recipe.data.pack else None)

@@ -148,11 +148,15 @@ def iterable_dataset(o: HFOptions):
     return _encoded_images(load_dataset("parquet", data_files=files, split="train", streaming=True))
 
 
+def _image_root(o: HFOptions) -> Path:
+    """Where relative image paths resolve: ``image_root``, else the data folder (a file's folder)."""
+    path = Path(o.path)
+    return Path(o.image_root) if o.image_root else (path if path.is_dir() else path.parent)
+
+
 def row_record(row: dict, index: int, o: HFOptions) -> Record:
     """Row ``index`` of the source as a record."""
-    path = Path(o.path)
-    root = Path(o.image_root) if o.image_root else (path if path.is_dir() else path.parent)
-    return _record(row, index, str(path), root)
+    return _record(row, index, str(Path(o.path)), _image_root(o))
 
 
 @dataclass
@@ -168,14 +172,13 @@ class HFOptions(FormatOptions):
 @DATASET.register("hf", options=HFOptions)
 def hf(o: HFOptions) -> Iterator[Record]:
     """Rows of a saved ``datasets`` folder or of parquet files as records (see the module docstring)."""
-    split, image_root = o.split, o.image_root
-    path = Path(o.path)
+    split, path = o.split, Path(o.path)
     saved = _check_path(path)
     if o.streaming:
         for index, row in enumerate(iterable_dataset(o)):
             yield row_record(row, index, o)
         return
-    root = Path(image_root) if image_root else (path if path.is_dir() else path.parent)
+    root = _image_root(o)
     rows = _saved_rows(path, split) if saved else _parquet_rows(path, split)
     for index, (source, row) in enumerate(rows):
         yield _record(row, index, source, root)
