@@ -44,11 +44,17 @@ def parse_source(spec: DataSource, where: str | None = None) -> FormatOptions:
     raise ConfigError(f"{where}: {spec!r} is not a data source (a format is given as 'name:ARG')")
 
 
-def load_records(spec: DataSource, image_root: str | None = None, limit: int | None = None) -> list[Record]:
-    """The records of a source (``image_root`` applies where the source sets none); ids are unique."""
-    opts = parse_source(spec)
+def source_options(spec: DataSource, image_root: str | None = None, where: str | None = None) -> FormatOptions:
+    """A source's format options, with ``image_root`` applied where the source sets none."""
+    opts = parse_source(spec, where)
     if image_root and hasattr(opts, "image_root") and opts.image_root is None:
         opts = dataclasses.replace(opts, image_root=image_root)
+    return opts
+
+
+def load_records(spec: DataSource, image_root: str | None = None, limit: int | None = None) -> list[Record]:
+    """The records of a source (``image_root`` applies where the source sets none); ids are unique."""
+    opts = source_options(spec, image_root)
     records = DATASET.get(opts.name)(opts)
     records = list(itertools.islice(records, limit) if limit else records)
     check_unique_ids(records)

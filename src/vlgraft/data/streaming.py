@@ -24,8 +24,9 @@ import dataclasses
 import numpy as np
 import torch
 
-from vlgraft.data.dataset import check_answers, sample, tokenizer_for
+from vlgraft.data.dataset import check_answers, collate, sample, tokenizer_for
 from vlgraft.data.describe import with_gold_description
+from vlgraft.data.packing import pack_batch
 from vlgraft.data.records import Record
 from vlgraft.data.streams import RecordStream
 from vlgraft.errors import DataError
@@ -164,9 +165,6 @@ class StreamDataset(torch.utils.data.Dataset):
 def collate_stream(batch: list[dict], pad_id: int, pack: int | None = None) -> dict:
     """``collate`` for stream samples, packed into rows of up to ``pack`` tokens when it is given
     (``data.pack``); a batch with a bad record is that record's error."""
-    from vlgraft.data.dataset import collate
-    from vlgraft.data.packing import pack_batch
-
     bad = next((b["error"] for b in batch if "error" in b), None)
     if bad is not None:
         return {"error": bad}

@@ -21,7 +21,6 @@ position = records read, and resuming skips that many records through the loader
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import tarfile
@@ -30,7 +29,7 @@ from pathlib import Path
 
 from vlgraft.config import DataSource
 from vlgraft.data.records import Record, parse_record
-from vlgraft.data.sources import parse_source
+from vlgraft.data.sources import source_options
 from vlgraft.errors import ConfigError, DataError
 from vlgraft.registry import DATASET
 
@@ -223,9 +222,7 @@ class HFStream(RecordStream):
 
 def open_stream(spec: DataSource, image_root: str | None = None, where: str = "data.train") -> RecordStream:
     """The stream of a data source (the same specs as ``load_records``; a ``limit`` is the sampler's)."""
-    opts = parse_source(spec, where)
-    if image_root and hasattr(opts, "image_root") and opts.image_root is None:
-        opts = dataclasses.replace(opts, image_root=image_root)
+    opts = source_options(spec, image_root, where)
     if opts.name == "llava" and str(opts.path).endswith(".jsonl"):
         path = Path(opts.path)
         if not path.is_file():
